@@ -1,0 +1,12 @@
+module github.com/hsmkeys/hsmkeys
+
+go 1.26.0
+
+require (
+	github.com/miekg/pkcs11 v1.1.2
+	github.com/stretchr/testify v1.12.1
+	go.uber.org/goleak v1.3.0
+	golang.org/x/crypto v0.59.0
+)
+
+require go.yaml.in/yaml/v3 v3.0.5 // indirect

@@ -1,0 +1,107 @@
+package provider
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
+)
+
+// Errors a caller can branch on with errors.Is. Errors that came from the
+// token also carry a *TokenError with the raw CKR_* code, reachable through
+// errors.As.
+var (
+	// ErrNotFound: a token, KEK or object that was asked for is not there.
+	ErrNotFound = errors.New("not found")
+	// ErrClosed: the provider was closed.
+	ErrClosed = errors.New("provider closed")
+	// ErrKeyLost: the token dropped the session that held this session key
+	// (token restart, device error, sessions closed under us). The key is gone
+	// for good; that is what a volatile key is for.
+	ErrKeyLost = errors.New("session key lost: its token session is gone")
+	// ErrKeyDestroyed: the key was destroyed with Destroy or Close.
+	ErrKeyDestroyed = errors.New("session key destroyed")
+	// ErrAuthentication: a ciphertext or its additional data failed the GCM
+	// tag check. No plaintext is returned.
+	ErrAuthentication = errors.New("message authentication failed")
+	// ErrKeyExhausted: the key reached its encryption limit (NIST SP 800-38D
+	// §8.3 for random 96-bit nonces); generate a new one.
+	ErrKeyExhausted = errors.New("session key reached its encryption limit")
+	// ErrUnsupported: the token lacks a mechanism or behaviour hsmkeys needs.
+	ErrUnsupported = errors.New("not supported by this token")
+	// ErrPolicy: the token did not apply a key attribute that was asked for,
+	// or an object lacks the attributes policy requires.
+	ErrPolicy = errors.New("key policy not enforced")
+	// ErrInvalidInput: an argument is malformed (nil, empty, wrong length).
+	ErrInvalidInput = errors.New("invalid input")
+	// ErrTokenUnavailable: the token is not present or the device was removed.
+	ErrTokenUnavailable = errors.New("token unavailable")
+	// ErrConfig: the configuration is contradictory or incomplete.
+	ErrConfig = errors.New("invalid configuration")
+)
+
+// TokenError is a PKCS#11 return value other than CKR_OK: Op is the function
+// ("C_Encrypt"), Code the CKR_* value.
+type TokenError = p11.Error
+
+// PINError reports a PIN the token refused. The provider tries a PIN once and
+// never again: real tokens lock after a few wrong tries.
+type PINError struct {
+	// SO is true for the Security Officer PIN, false for the user PIN.
+	SO bool
+	// CountLow, FinalTry and Locked are the token's flags after the refusal
+	// (CKF_USER_PIN_COUNT_LOW, _FINAL_TRY, _LOCKED; PKCS#11 v2.40 §3.2
+	// CK_TOKEN_INFO), when the token reports them.
+	CountLow, FinalTry, Locked bool
+	err                        error
+}
+
+func (e *PINError) Error() string {
+	who := "user"
+	if e.SO {
+		who = "so"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s pin rejected by the token", who)
+	switch {
+	case e.Locked:
+		b.WriteString(" (pin locked)")
+	case e.FinalTry:
+		b.WriteString(" (one try left before the pin locks)")
+	case e.CountLow:
+		b.WriteString(" (wrong tries counted; few left)")
+	}
+	if e.err != nil {
+		fmt.Fprintf(&b, ": %v", e.err)
+	}
+	return b.String()
+}
+
+func (e *PINError) Unwrap() error { return e.err }
+
+// TokenNotFoundError lists the tokens that are there when the one asked for
+// is not. It matches ErrNotFound.
+type TokenNotFoundError struct {
+	Want   string      // what was asked for, e.g. `label "ci"`
+	Tokens []TokenInfo // what the module offers
+}
+
+func (e *TokenNotFoundError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "token %s not found", e.Want)
+	if len(e.Tokens) == 0 {
+		b.WriteString("; the module shows no token")
+		return b.String()
+	}
+	b.WriteString("; tokens present:")
+	for i, t := range e.Tokens {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, " %s", t)
+	}
+	return b.String()
+}
+
+func (e *TokenNotFoundError) Is(target error) bool { return target == ErrNotFound }

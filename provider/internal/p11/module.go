@@ -1,0 +1,255 @@
+// Package p11 is the only place in hsmkeys that talks to a PKCS#11 module.
+//
+// It wraps github.com/miekg/pkcs11 with three things the provider needs and
+// miekg does not give: a process-wide, reference-counted module registry
+// (C_Initialize is process-global, PKCS#11 v2.40 §5.4), a bounded session pool
+// that never closes a session owning live session objects (PKCS#11 v2.40
+// §4.4: session objects are destroyed when their session closes), and input
+// validation in front of every miekg call that panics on empty input.
+package p11
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Error is a PKCS#11 return value other than CKR_OK, with the function that
+// returned it. It unwraps to the miekg pkcs11.Error carrying the same code.
+type Error struct {
+	Op   string // PKCS#11 function name, e.g. "C_Encrypt"
+	Code uint   // CKR_* value
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s: %s (0x%X)", e.Op, CodeName(e.Code), e.Code)
+}
+
+// Unwrap lets errors.As find the miekg error type as well.
+func (e *Error) Unwrap() error { return pkcs11.Error(e.Code) }
+
+// CodeName returns the CKR_* name of a return value.
+func CodeName(code uint) string {
+	s := pkcs11.Error(code).Error()
+	// miekg formats as "pkcs11: 0x30: CKR_DEVICE_ERROR".
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		return s[i+2:]
+	}
+	return s
+}
+
+// wrapErr converts a miekg error into *Error, tagging it with op.
+func wrapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe pkcs11.Error
+	if errors.As(err, &pe) {
+		return &Error{Op: op, Code: uint(pe)}
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// CodeOf returns the CKR_* code inside err, if any.
+func CodeOf(err error) (uint, bool) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code, true
+	}
+	var pe pkcs11.Error
+	if errors.As(err, &pe) {
+		return uint(pe), true
+	}
+	return 0, false
+}
+
+// Module is one loaded and initialised PKCS#11 library. Modules are shared:
+// Load of the same path returns the same *Module with its count raised, and
+// the library is finalised only when the last user releases it.
+type Module struct {
+	path string
+	ctx  *pkcs11.Ctx
+	refs int // guarded by registry.mu
+	// owner is true when our C_Initialize succeeded. A library that another
+	// part of the process initialised first is never finalised by us: that
+	// would pull the module from under it (C_Finalize is process-wide).
+	owner bool
+}
+
+var registry = struct {
+	sync.Mutex
+	m map[string]*Module
+}{m: map[string]*Module{}}
+
+// ErrModuleLoad means the library could not be loaded (no such file, not a
+// PKCS#11 module, missing C_GetFunctionList).
+var ErrModuleLoad = errors.New("cannot load pkcs11 module")
+
+// Load loads and initialises the module at path, or returns the already
+// loaded one. CKR_CRYPTOKI_ALREADY_INITIALIZED is tolerated: another part of
+// the process (crypto11, a second miekg context) may have initialised the
+// library first (PKCS#11 v2.40 §5.4, C_Initialize).
+func Load(path string) (*Module, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: no module path given", ErrModuleLoad)
+	}
+	key := path
+	if abs, err := filepath.Abs(path); err == nil {
+		key = abs
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			key = real
+		}
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if m, ok := registry.m[key]; ok {
+		m.refs++
+		return m, nil
+	}
+	ctx := pkcs11.New(key)
+	if ctx == nil {
+		return nil, fmt.Errorf("%w: %s", ErrModuleLoad, path)
+	}
+	owner := true
+	if err := ctx.Initialize(); err != nil {
+		if code, _ := CodeOf(err); code != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
+			ctx.Destroy()
+			return nil, wrapErr("C_Initialize", err)
+		}
+		owner = false
+	}
+	m := &Module{path: key, ctx: ctx, refs: 1, owner: owner}
+	registry.m[key] = m
+	return m, nil
+}
+
+// Path is the resolved file name of the library.
+func (m *Module) Path() string { return m.path }
+
+// Release drops one reference; the last one finalises and unloads the library.
+func (m *Module) Release() error {
+	registry.Lock()
+	defer registry.Unlock()
+	if m.refs <= 0 {
+		return nil
+	}
+	m.refs--
+	if m.refs > 0 {
+		return nil
+	}
+	delete(registry.m, m.path)
+	var err error
+	if m.owner {
+		err = m.ctx.Finalize()
+		if code, ok := CodeOf(err); ok && code == pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED {
+			err = nil
+		}
+	}
+	m.ctx.Destroy()
+	return wrapErr("C_Finalize", err)
+}
+
+// TokenInfo describes one token present in a slot.
+type TokenInfo struct {
+	Slot         uint
+	Label        string
+	Serial       string
+	Model        string
+	Manufacturer string
+	Flags        uint
+	Initialized  bool // CKF_TOKEN_INITIALIZED
+}
+
+// Tokens lists the tokens present in the module's slots.
+func (m *Module) Tokens() ([]TokenInfo, error) {
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return nil, wrapErr("C_GetSlotList", err)
+	}
+	out := make([]TokenInfo, 0, len(slots))
+	for _, s := range slots {
+		ti, err := m.ctx.GetTokenInfo(s)
+		if err != nil {
+			if code, _ := CodeOf(err); code == pkcs11.CKR_TOKEN_NOT_PRESENT {
+				continue // removed between the two calls
+			}
+			return nil, wrapErr("C_GetTokenInfo", err)
+		}
+		out = append(out, TokenInfo{
+			Slot:         s,
+			Label:        strings.TrimRight(ti.Label, " \x00"),
+			Serial:       strings.TrimRight(ti.SerialNumber, " \x00"),
+			Model:        strings.TrimRight(ti.Model, " \x00"),
+			Manufacturer: strings.TrimRight(ti.ManufacturerID, " \x00"),
+			Flags:        ti.Flags,
+			Initialized:  ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0,
+		})
+	}
+	return out, nil
+}
+
+// TokenFlags reads the current flags of the token in slot (used after a
+// failed login, to report retry and lock state).
+func (m *Module) TokenFlags(slot uint) (uint, error) {
+	ti, err := m.ctx.GetTokenInfo(slot)
+	if err != nil {
+		return 0, wrapErr("C_GetTokenInfo", err)
+	}
+	return ti.Flags, nil
+}
+
+// Mechanisms lists the mechanism types the token in slot offers.
+func (m *Module) Mechanisms(slot uint) ([]uint, error) {
+	ms, err := m.ctx.GetMechanismList(slot)
+	if err != nil {
+		return nil, wrapErr("C_GetMechanismList", err)
+	}
+	out := make([]uint, len(ms))
+	for i, mech := range ms {
+		out[i] = mech.Mechanism
+	}
+	return out, nil
+}
+
+// InitToken initialises the token in slot with an SO PIN and a label
+// (PKCS#11 v2.40 §5.5 C_InitToken), then sets the user PIN through an SO
+// session (§5.6 C_InitPIN). Everything on the token is lost.
+func (m *Module) InitToken(slot uint, soPIN, userPIN []byte, label string) error {
+	if len(soPIN) == 0 || len(userPIN) == 0 || label == "" || len(label) > 32 {
+		return fmt.Errorf("%w: token init needs both pins and a label of 1 to 32 bytes", ErrInput)
+	}
+	padded := label + strings.Repeat(" ", 32-len(label))
+	if err := m.ctx.InitToken(slot, string(soPIN), padded); err != nil {
+		return wrapErr("C_InitToken", err)
+	}
+	h, err := m.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return wrapErr("C_OpenSession", err)
+	}
+	defer m.ctx.CloseSession(h)
+	if err := m.ctx.Login(h, pkcs11.CKU_SO, string(soPIN)); err != nil {
+		return wrapErr("C_Login", err)
+	}
+	defer m.ctx.Logout(h)
+	return wrapErr("C_InitPIN", m.ctx.InitPIN(h, string(userPIN)))
+}
+
+// FreeSlots lists slots whose token is present but not initialised.
+func (m *Module) FreeSlots() ([]uint, error) {
+	slots, err := m.ctx.GetSlotList(true)
+	if err != nil {
+		return nil, wrapErr("C_GetSlotList", err)
+	}
+	var out []uint
+	for _, s := range slots {
+		ti, err := m.ctx.GetTokenInfo(s)
+		if err == nil && ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,315 @@
+package p11
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Session is one PKCS#11 session of a Pool. A Session is used by one
+// goroutine at a time (between Pool.Get and Pool.Put); its Dead flag may be
+// read by any goroutine.
+type Session struct {
+	h    pkcs11.SessionHandle
+	dead atomic.Bool
+}
+
+// Dead reports whether the token has closed this session. Every session
+// object created in it is gone (PKCS#11 v2.40 §4.4).
+func (s *Session) Dead() bool { return s.dead.Load() }
+
+// Handle is the raw session handle, for the few callers (ckraw) that make
+// PKCS#11 calls outside miekg.
+func (s *Session) Handle() uint { return uint(s.h) }
+
+// ErrPoolClosed is returned by Get after Close.
+var ErrPoolClosed = errors.New("session pool closed")
+
+// Pool is a bounded set of read-write sessions on one token, all logged in
+// as the user through one C_Login (login is per application, not per session:
+// PKCS#11 v2.40 §5.6, C_Login). A session is never closed while the pool is
+// open unless the token reports it dead, so the session objects it owns live
+// as long as the pool does. Pool is safe for concurrent use.
+type Pool struct {
+	mod  *Module
+	slot uint
+
+	idle  chan *Session // sessions ready for use
+	slots chan struct{} // one token per open session; capacity = max
+	pin   func() ([]byte, error)
+
+	mu     sync.Mutex
+	all    map[*Session]struct{}
+	closed bool
+	pinErr error // the login error of a rejected PIN, returned from then on
+	logins int   // successful C_Login calls (the first, then restorations)
+}
+
+// NewPool opens the first session on slot and logs the user in with the PIN
+// that pin returns. pin is called again only if the token loses the login
+// state (all sessions closed under us) and a new session must log in.
+func NewPool(mod *Module, slot uint, max int, pin func() ([]byte, error)) (*Pool, *Session, error) {
+	if max < 1 {
+		max = 1
+	}
+	p := &Pool{
+		mod:   mod,
+		slot:  slot,
+		idle:  make(chan *Session, max),
+		slots: make(chan struct{}, max),
+		pin:   pin,
+		all:   map[*Session]struct{}{},
+	}
+	p.slots <- struct{}{}
+	s, err := p.open()
+	if err != nil {
+		<-p.slots
+		return nil, nil, err
+	}
+	return p, s, nil
+}
+
+// Slot is the slot this pool's token sits in.
+func (p *Pool) Slot() uint { return p.slot }
+
+// Module is the module this pool's sessions belong to.
+func (p *Pool) Module() *Module { return p.mod }
+
+// Ctx is the miekg context, for operations in this package.
+func (p *Pool) ctx() *pkcs11.Ctx { return p.mod.ctx }
+
+// open opens a session and makes sure the application is logged in. The
+// caller holds a token in p.slots.
+func (p *Pool) open() (*Session, error) {
+	h, err := p.ctx().OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return nil, wrapErr("C_OpenSession", err)
+	}
+	s := &Session{h: h}
+	if err := p.ensureLogin(s); err != nil {
+		_ = p.ctx().CloseSession(h)
+		return nil, err
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = p.ctx().CloseSession(h)
+		return nil, ErrPoolClosed
+	}
+	p.all[s] = struct{}{}
+	p.mu.Unlock()
+	return s, nil
+}
+
+// ensureLogin logs in through s unless the application already is. A PIN the
+// token rejected is never tried twice.
+func (p *Pool) ensureLogin(s *Session) error {
+	info, err := p.ctx().GetSessionInfo(s.h)
+	if err != nil {
+		return wrapErr("C_GetSessionInfo", err)
+	}
+	if info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pinErr != nil {
+		return p.pinErr
+	}
+	if p.pin == nil {
+		return nil // public sessions only
+	}
+	pin, err := p.pin()
+	if err != nil {
+		return err
+	}
+	err = p.ctx().Login(s.h, pkcs11.CKU_USER, string(pin))
+	clear(pin)
+	if code, ok := CodeOf(err); ok && code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
+		err = nil
+	}
+	if err != nil {
+		err = wrapErr("C_Login", err)
+		if code, _ := CodeOf(err); isPINCode(code) {
+			p.pinErr = err
+		}
+		return err
+	}
+	p.logins++
+	return nil
+}
+
+func isPINCode(code uint) bool {
+	switch code {
+	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
+		pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
+		return true
+	}
+	return false
+}
+
+// Get returns a live session for exclusive use until Put, opening one if
+// fewer than max are open, or waiting for one; waiting ends with ctx.
+func (p *Pool) Get(ctx context.Context) (*Session, error) {
+	for {
+		var s *Session
+		select {
+		case s = <-p.idle:
+		default:
+			select {
+			case s = <-p.idle:
+			case p.slots <- struct{}{}:
+				var err error
+				s, err = p.open()
+				if err != nil {
+					<-p.slots
+					if code, _ := CodeOf(err); code == pkcs11.CKR_SESSION_COUNT && p.Open() > 0 {
+						// The token holds fewer sessions than we may: wait
+						// for one of ours instead (PKCS#11 v2.40 §5.6).
+						select {
+						case s = <-p.idle:
+						case <-ctx.Done():
+							return nil, ctx.Err()
+						}
+						break
+					}
+					return nil, err
+				}
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if s == nil {
+			return nil, ErrPoolClosed
+		}
+		if s.Dead() {
+			p.discard(s)
+			continue
+		}
+		return s, nil
+	}
+}
+
+// Put returns s to the pool. A dead session is dropped and its place freed.
+func (p *Pool) Put(s *Session) {
+	if s.Dead() {
+		p.discard(s)
+		return
+	}
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		p.discard(s)
+		return
+	}
+	p.idle <- s
+}
+
+func (p *Pool) discard(s *Session) {
+	p.mu.Lock()
+	_, ok := p.all[s]
+	delete(p.all, s)
+	closed := p.closed
+	p.mu.Unlock()
+	if !ok {
+		return
+	}
+	if !s.Dead() || closed {
+		_ = p.ctx().CloseSession(s.h)
+	}
+	<-p.slots
+}
+
+// Open is the number of sessions this pool holds.
+func (p *Pool) Open() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.all)
+}
+
+// Relogins is how often the pool found its login lost and logged in again.
+func (p *Pool) Relogins() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return max(p.logins-1, 0)
+}
+
+// SessionDead reports whether code means the session (or every session) is
+// gone: PKCS#11 v2.40 §5.1 return values for a closed session or removed token.
+func SessionDead(code uint) bool {
+	switch code {
+	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT:
+		return true
+	}
+	return false
+}
+
+// Check looks at the error of an operation made on s. When the token says
+// the session is gone, s is marked dead and every other session of the pool
+// is probed, so that the owners of lost session objects are known before any
+// replacement session is opened (a token may reuse handle numbers). When the
+// login state is lost, it is restored once. Check reports whether the
+// operation may be retried on another session.
+func (p *Pool) Check(s *Session, err error) (retry bool) {
+	code, ok := CodeOf(err)
+	if !ok {
+		return false
+	}
+	switch {
+	case SessionDead(code):
+		s.dead.Store(true)
+		p.Sweep()
+		return true
+	case code == pkcs11.CKR_USER_NOT_LOGGED_IN:
+		p.Sweep()
+		return p.ensureLogin(s) == nil
+	}
+	return false
+}
+
+// Sweep probes every session of the pool with C_GetSessionInfo and marks
+// the closed ones dead.
+func (p *Pool) Sweep() {
+	p.mu.Lock()
+	list := make([]*Session, 0, len(p.all))
+	for s := range p.all {
+		list = append(list, s)
+	}
+	p.mu.Unlock()
+	for _, s := range list {
+		if s.Dead() {
+			continue
+		}
+		if _, err := p.ctx().GetSessionInfo(s.h); err != nil {
+			if code, _ := CodeOf(err); SessionDead(code) {
+				s.dead.Store(true)
+			}
+		}
+	}
+}
+
+// Close closes every session of the pool; the session objects in them are
+// destroyed by the token. Sessions in use are closed when they are Put.
+// Close is idempotent.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	p.mu.Unlock()
+	for {
+		select {
+		case s := <-p.idle:
+			p.discard(s)
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,279 @@
+package provider
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
+	"github.com/miekg/pkcs11"
+)
+
+// Algorithm is a session key algorithm.
+type Algorithm int
+
+const (
+	AES128 Algorithm = iota + 1 // AES with a 128-bit key
+	AES256                      // AES with a 256-bit key
+)
+
+func (a Algorithm) String() string {
+	switch a {
+	case AES128:
+		return "aes128"
+	case AES256:
+		return "aes256"
+	}
+	return fmt.Sprintf("Algorithm(%d)", int(a))
+}
+
+// ParseAlgorithm reads "aes128" or "aes256".
+func ParseAlgorithm(s string) (Algorithm, error) {
+	switch s {
+	case "aes128":
+		return AES128, nil
+	case "aes256":
+		return AES256, nil
+	}
+	return 0, fmt.Errorf("%w: algorithm %q (want aes128 or aes256)", ErrInvalidInput, s)
+}
+
+func (a Algorithm) bytes() int {
+	switch a {
+	case AES128:
+		return 16
+	case AES256:
+		return 32
+	}
+	return 0
+}
+
+// Overhead is what Seal adds to a plaintext: the nonce and the tag.
+const Overhead = p11.NonceSize + p11.TagSize
+
+// MaxSealSize bounds one Seal or Open. Larger data belongs in a stream.
+const MaxSealSize = 64 << 20
+
+// Key is a session key: an AES key that exists only inside the token, as a
+// session object of one of the provider's sessions. Its value can never be
+// read. It lives until Destroy, Provider.Close, the end of the process, or
+// the token dropping its session (then ErrKeyLost). Key is safe for
+// concurrent use.
+type Key struct {
+	p       *Provider
+	obj     p11.Object
+	owner   *p11.Session
+	alg     Algorithm
+	created time.Time
+
+	// mu is held for reading by operations and for writing by destroy.
+	mu        sync.RWMutex
+	destroyed bool
+	lost      atomic.Bool
+	seals     atomic.Uint64
+}
+
+// Generate makes a new session key on the token.
+func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
+	n := alg.bytes()
+	if n == 0 {
+		return nil, fmt.Errorf("%w: algorithm %v", ErrInvalidInput, alg)
+	}
+	if err := p.begin(); err != nil {
+		return nil, err
+	}
+	defer p.end()
+	k := &Key{p: p, alg: alg}
+	err := p.do(ctx, func(s *p11.Session) error {
+		obj, err := p.pool.GenerateAES(s, p11.SecretKeySpec{Bytes: n})
+		if err != nil {
+			return err
+		}
+		k.obj, k.owner = obj, s
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("generate %v: %w", alg, mapErr(err))
+	}
+	k.created = time.Now().UTC()
+	p.keysMu.Lock()
+	p.keys[k] = struct{}{}
+	p.keysMu.Unlock()
+	return k, nil
+}
+
+// Algorithm is the key's algorithm.
+func (k *Key) Algorithm() Algorithm { return k.alg }
+
+// Created is when the key was generated.
+func (k *Key) Created() time.Time { return k.created }
+
+// String names the key without any secret.
+func (k *Key) String() string {
+	return fmt.Sprintf("%v session key (object %d)", k.alg, k.obj)
+}
+
+// use runs fn with the key's object on a pooled session, translating a gone
+// session or object into ErrKeyLost.
+func (k *Key) use(ctx context.Context, op string, fn func(s *p11.Session) error) error {
+	if k == nil {
+		return fmt.Errorf("%s: %w: nil key", op, ErrInvalidInput)
+	}
+	if err := k.p.begin(); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return fmt.Errorf("%s: %w", op, ErrKeyDestroyed)
+		}
+		return err
+	}
+	defer k.p.end()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.destroyed {
+		return fmt.Errorf("%s: %w", op, ErrKeyDestroyed)
+	}
+	if k.lost.Load() || k.owner.Dead() {
+		k.markLost()
+		return fmt.Errorf("%s: %w", op, ErrKeyLost)
+	}
+	err := k.p.do(ctx, func(s *p11.Session) error {
+		if k.owner.Dead() {
+			return ErrKeyLost
+		}
+		return fn(s)
+	})
+	if err == nil {
+		return nil
+	}
+	code, _ := p11.CodeOf(err)
+	if errors.Is(err, ErrKeyLost) || k.owner.Dead() ||
+		code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID {
+		k.markLost()
+		if errors.Is(err, ErrKeyLost) {
+			return fmt.Errorf("%s: %w", op, ErrKeyLost)
+		}
+		return fmt.Errorf("%s: %w: %w", op, ErrKeyLost, err)
+	}
+	return fmt.Errorf("%s: %w", op, mapErr(err))
+}
+
+// markLost forgets a key whose session is gone: there is nothing to destroy.
+func (k *Key) markLost() {
+	if k.lost.Swap(true) {
+		return
+	}
+	k.p.keysMu.Lock()
+	delete(k.p.keys, k)
+	k.p.keysMu.Unlock()
+}
+
+// Seal encrypts and authenticates plaintext and additionalData with AES-GCM
+// on the token. The result is nonce (12 bytes) || ciphertext || tag (16
+// bytes); the nonce comes from crypto/rand. Neither input is modified.
+func (k *Key) Seal(ctx context.Context, plaintext, additionalData []byte) ([]byte, error) {
+	if len(plaintext) > MaxSealSize {
+		return nil, fmt.Errorf("seal: %w: %d bytes is more than %d", ErrInvalidInput, len(plaintext), MaxSealSize)
+	}
+	var out []byte
+	err := k.use(ctx, "seal", func(s *p11.Session) error {
+		if k.seals.Add(1) > k.p.cfg.MaxSealsPerKey {
+			return ErrKeyExhausted
+		}
+		var nonce [p11.NonceSize]byte
+		if _, err := rand.Read(nonce[:]); err != nil {
+			return err
+		}
+		ct, err := k.p.pool.SealGCM(s, k.obj, nonce[:], additionalData, plaintext)
+		if err != nil {
+			return err
+		}
+		if len(ct) != len(plaintext)+p11.TagSize {
+			return fmt.Errorf("token returned %d bytes of ciphertext for %d of plaintext", len(ct), len(plaintext))
+		}
+		out = make([]byte, 0, p11.NonceSize+len(ct))
+		out = append(append(out, nonce[:]...), ct...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Open authenticates and decrypts what Seal made with this key and the same
+// additionalData. Any change to either gives ErrAuthentication and no
+// plaintext.
+func (k *Key) Open(ctx context.Context, sealed, additionalData []byte) ([]byte, error) {
+	if len(sealed) < Overhead {
+		return nil, fmt.Errorf("open: %w: %d bytes is shorter than nonce and tag", ErrAuthentication, len(sealed))
+	}
+	if len(sealed) > MaxSealSize+Overhead {
+		return nil, fmt.Errorf("open: %w: %d bytes is more than %d", ErrInvalidInput, len(sealed), MaxSealSize+Overhead)
+	}
+	var out []byte
+	err := k.use(ctx, "open", func(s *p11.Session) error {
+		pt, err := k.p.pool.OpenGCM(s, k.obj, sealed[:p11.NonceSize], additionalData, sealed[p11.NonceSize:])
+		if err != nil {
+			// SoftHSM reports a failed tag check as CKR_GENERAL_ERROR; the
+			// standard answer is CKR_ENCRYPTED_DATA_INVALID (PKCS#11 v2.40
+			// mechanisms §2.12.3). In this context both mean "not authentic".
+			if code, _ := p11.CodeOf(err); code == pkcs11.CKR_GENERAL_ERROR ||
+				code == pkcs11.CKR_ENCRYPTED_DATA_INVALID || code == pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE {
+				return fmt.Errorf("%w: %w", ErrAuthentication, err)
+			}
+			return err
+		}
+		out = pt
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Destroy destroys the key on the token. It is idempotent; afterwards every
+// use returns ErrKeyDestroyed. Destroying a lost key succeeds: it is gone.
+func (k *Key) Destroy(ctx context.Context) error {
+	if k == nil {
+		return fmt.Errorf("destroy: %w: nil key", ErrInvalidInput)
+	}
+	if err := k.p.begin(); err != nil {
+		return nil // Close destroyed it
+	}
+	defer k.p.end()
+	return k.destroy(ctx, true)
+}
+
+func (k *Key) destroy(ctx context.Context, unregister bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.destroyed {
+		return nil
+	}
+	k.destroyed = true
+	if unregister {
+		k.p.keysMu.Lock()
+		delete(k.p.keys, k)
+		k.p.keysMu.Unlock()
+	}
+	if k.lost.Load() || k.owner.Dead() {
+		return nil
+	}
+	err := k.p.do(ctx, func(s *p11.Session) error {
+		if k.owner.Dead() {
+			return nil
+		}
+		return k.p.pool.Destroy(s, k.obj)
+	})
+	if code, _ := p11.CodeOf(err); code == pkcs11.CKR_OBJECT_HANDLE_INVALID {
+		return nil // gone with its session
+	}
+	if err != nil {
+		return fmt.Errorf("destroy: %w", mapErr(err))
+	}
+	return nil
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# test.sh: the whole hsmkeys test suite, against real SoftHSM tokens that the
+# tests create in temporary directories.
+#
+#   scripts/test.sh [extra go test flags]
+#
+# Installs softhsm2, opensc (pkcs11-tool) and openssl with apt-get when one is
+# missing and we are root; otherwise says what to install. With CI set, a
+# test that needs SoftHSM fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "test.sh: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    [ -n "${CI:-}" ] && exit 1
+  fi
+fi
+
+exec go test -race -count=1 -timeout 30m "$@" ./...

@@ -1,0 +1,535 @@
+//go:build cgo && unix
+
+// Package ckraw is the small piece of cgo that passes attribute templates
+// containing other templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE) to a
+// PKCS#11 module, which github.com/miekg/pkcs11 v1.1.2 cannot marshal: its
+// NewAttribute panics on a []*Attribute value.
+//
+// It works next to miekg in the same process. Open dlopen()s the module that
+// miekg already loaded; the dynamic loader hands back the same library, so the
+// function list, the C_Initialize state, the sessions and the login state are
+// the ones miekg uses. Session and object handles are plain uints and can be
+// passed in both directions (uint(miekgSession), pkcs11.ObjectHandle(h)).
+// ckraw never calls C_Initialize or C_Finalize.
+//
+// A Module is safe for concurrent use. PKCS#11 rules about using one session
+// from several goroutines at once are the caller's business, as with miekg.
+//
+// Token errors are returned as pkcs11.Error (the CKR_* value), exactly as miekg
+// returns them. Invalid input is rejected before the token is called, with an
+// error that wraps ErrTemplate; calls on a closed Module return ErrClosed.
+//
+// BUG(ckraw): SoftHSM 2.6.1 does not fill a key's CKA_UNWRAP_TEMPLATE into
+// the C_UnwrapKey template: the caller must repeat every attribute of it with
+// the same value (CKA_TOKEN and CKA_PRIVATE excepted, which SoftHSM always
+// supplies), or the unwrap fails with CKR_TEMPLATE_INCONSISTENT. Other tokens
+// may merge instead.
+package ckraw
+
+/*
+#cgo linux LDFLAGS: -ldl
+#cgo freebsd LDFLAGS: -ldl
+#cgo darwin LDFLAGS: -ldl
+
+// Platform macros required before including pkcs11.h (see the top of
+// pkcs11.h), defined as miekg/pkcs11's pkcs11go.h does for Unix.
+#define CK_PTR *
+#ifndef NULL_PTR
+#define NULL_PTR 0
+#endif
+#define CK_DEFINE_FUNCTION(returnType, name) returnType name
+#define CK_DECLARE_FUNCTION(returnType, name) returnType name
+#define CK_DECLARE_FUNCTION_POINTER(returnType, name) returnType (* name)
+#define CK_CALLBACK_FUNCTION(returnType, name) returnType (* name)
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "pkcs11.h"
+
+// ckraw_dlerror copies dlerror()'s text into buf before any further dl call
+// can free or overwrite it.
+static void ckraw_dlerror(char *buf, size_t n) {
+	const char *e = dlerror();
+	snprintf(buf, n, "%s", e != NULL ? e : "unknown error");
+}
+
+// ckraw_open loads path and fetches its function list. It returns 0 on
+// success, 1 if dlopen failed, 2 if the library has no C_GetFunctionList,
+// 3 if C_GetFunctionList failed (*rv holds its return value). On failure the
+// library is closed again and errbuf holds dlerror()'s text for 1 and 2.
+static int ckraw_open(const char *path, void **handle, CK_FUNCTION_LIST_PTR *fl, CK_RV *rv, char *errbuf, size_t errlen) {
+	CK_C_GetFunctionList get;
+	void *h;
+
+	*handle = NULL;
+	*fl = NULL;
+	*rv = CKR_OK;
+	errbuf[0] = 0;
+	// RTLD_LAZY as in miekg: if the library is loaded already, dlopen only
+	// raises its reference count and returns the same handle.
+	h = dlopen(path, RTLD_LAZY);
+	if (h == NULL) {
+		ckraw_dlerror(errbuf, errlen);
+		return 1;
+	}
+	dlerror();
+	get = (CK_C_GetFunctionList) dlsym(h, "C_GetFunctionList");
+	if (get == NULL) {
+		ckraw_dlerror(errbuf, errlen);
+		dlclose(h);
+		return 2;
+	}
+	*rv = get(fl);
+	if (*rv != CKR_OK || *fl == NULL) {
+		dlclose(h);
+		*fl = NULL;
+		return 3;
+	}
+	*handle = h;
+	return 0;
+}
+
+static int ckraw_close(void *handle, char *errbuf, size_t errlen) {
+	errbuf[0] = 0;
+	if (dlclose(handle) != 0) {
+		ckraw_dlerror(errbuf, errlen);
+		return 1;
+	}
+	return 0;
+}
+
+// Go cannot call through C function pointers; these forward to the list.
+
+static CK_RV ckraw_create_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
+		CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
+	return fl->C_CreateObject(s, t, n, h);
+}
+
+static CK_RV ckraw_generate_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
+		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
+	CK_MECHANISM m = { mech, NULL_PTR, 0 };
+	return fl->C_GenerateKey(s, &m, t, n, h);
+}
+
+static CK_RV ckraw_generate_key_pair(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
+		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR pub, CK_ULONG npub,
+		CK_ATTRIBUTE_PTR priv, CK_ULONG npriv, CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
+	CK_MECHANISM m = { mech, NULL_PTR, 0 };
+	return fl->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, hpub, hpriv);
+}
+
+static CK_RV ckraw_get_attribute_value(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
+		CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
+	return fl->C_GetAttributeValue(s, o, t, n);
+}
+*/
+import "C"
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+)
+
+var (
+	// ErrClosed is returned by every method of a closed (or nil) Module.
+	ErrClosed = errors.New("ckraw: module closed")
+	// ErrTemplate is wrapped by every error about a template or attribute
+	// value that ckraw refuses before calling the token.
+	ErrTemplate = errors.New("ckraw: invalid template")
+)
+
+// Limits on what GetTemplate accepts from a module, so that a confused
+// module cannot make us allocate without bound.
+const (
+	maxTemplateAttrs = 256
+	maxValueLen      = 64 << 10
+)
+
+const (
+	attrSize  = C.sizeof_CK_ATTRIBUTE
+	ulongSize = C.sizeof_CK_ULONG
+	bboolSize = C.sizeof_CK_BBOOL
+)
+
+// Attr is one attribute of a template.
+//
+// Value is one of: bool (encoded as a 1-byte CK_BBOOL), uint (a CK_ULONG),
+// []byte or string (copied as is), or []Attr for an array attribute such as
+// CKA_UNWRAP_TEMPLATE. A []Attr may itself contain no []Attr: one level of
+// nesting is all PKCS#11 needs for key templates.
+//
+// Values returned by GetTemplate are []byte, in the token's encoding; use
+// Bool and Ulong to decode them.
+type Attr struct {
+	Type  uint
+	Value any
+}
+
+// Bool returns the attribute as a CK_BBOOL. ok is false unless Value is a
+// bool or a 1-byte []byte.
+func (a Attr) Bool() (v, ok bool) {
+	switch x := a.Value.(type) {
+	case bool:
+		return x, true
+	case []byte:
+		if len(x) == bboolSize {
+			return x[0] != C.CK_FALSE, true
+		}
+	}
+	return false, false
+}
+
+// Ulong returns the attribute as a CK_ULONG. ok is false unless Value is a
+// uint or a []byte of exactly sizeof(CK_ULONG) bytes, which is decoded in the
+// host's byte order (the order the module wrote it in).
+func (a Attr) Ulong() (v uint, ok bool) {
+	switch x := a.Value.(type) {
+	case uint:
+		return x, true
+	case []byte:
+		if len(x) == ulongSize {
+			switch ulongSize {
+			case 8:
+				return uint(binary.NativeEndian.Uint64(x)), true
+			case 4:
+				return uint(binary.NativeEndian.Uint32(x)), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// Module is a PKCS#11 library opened a second time next to miekg.
+type Module struct {
+	mu     sync.RWMutex // write-held by Close, read-held by calls
+	handle unsafe.Pointer
+	fl     C.CK_FUNCTION_LIST_PTR
+}
+
+// Open dlopen()s the PKCS#11 library at path and calls C_GetFunctionList.
+// It does not call C_Initialize: open the same path with miekg and call
+// Initialize there. Because dlopen of an already loaded library returns the
+// same handle, the function list is the process-global one miekg uses.
+func Open(path string) (*Module, error) {
+	if path == "" {
+		return nil, errors.New("ckraw: empty module path")
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	errbuf := (*C.char)(C.malloc(errBufLen))
+	defer C.free(unsafe.Pointer(errbuf))
+
+	var (
+		h  unsafe.Pointer
+		fl C.CK_FUNCTION_LIST_PTR
+		rv C.CK_RV
+	)
+	switch C.ckraw_open(cpath, &h, &fl, &rv, errbuf, errBufLen) {
+	case 0:
+		return &Module{handle: h, fl: fl}, nil
+	case 1:
+		return nil, fmt.Errorf("ckraw: dlopen %s: %s", path, C.GoString(errbuf))
+	case 2:
+		return nil, fmt.Errorf("ckraw: %s is not a PKCS#11 module: %s", path, C.GoString(errbuf))
+	default:
+		return nil, fmt.Errorf("ckraw: C_GetFunctionList in %s: %w", path, toError(rv))
+	}
+}
+
+const errBufLen = 512
+
+// Close dlcloses the library. It waits for calls in flight and is idempotent.
+// The library stays loaded while miekg holds it.
+func (m *Module) Close() error {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.handle == nil {
+		return nil
+	}
+	errbuf := (*C.char)(C.malloc(errBufLen))
+	defer C.free(unsafe.Pointer(errbuf))
+	failed := C.ckraw_close(m.handle, errbuf, errBufLen) != 0
+	m.handle, m.fl = nil, nil
+	if failed {
+		return fmt.Errorf("ckraw: dlclose: %s", C.GoString(errbuf))
+	}
+	return nil
+}
+
+// acquire read-locks m and returns its function list, or ErrClosed. The
+// caller must call m.mu.RUnlock when err is nil.
+func (m *Module) acquire() (C.CK_FUNCTION_LIST_PTR, error) {
+	if m == nil {
+		return nil, ErrClosed
+	}
+	m.mu.RLock()
+	if m.fl == nil {
+		m.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	return m.fl, nil
+}
+
+// CreateObject calls C_CreateObject with tmpl, which may contain nested
+// templates, and returns the new object's handle.
+func (m *Module) CreateObject(session uint, tmpl []Attr) (uint, error) {
+	fl, err := m.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer m.mu.RUnlock()
+
+	var a arena
+	defer a.free()
+	t, n, err := a.template(tmpl, "template", false)
+	if err != nil {
+		return 0, err
+	}
+	var h C.CK_OBJECT_HANDLE
+	if rv := C.ckraw_create_object(fl, C.CK_SESSION_HANDLE(session), t, n, &h); rv != C.CKR_OK {
+		return 0, toError(rv)
+	}
+	return uint(h), nil
+}
+
+// GenerateKey calls C_GenerateKey with a mechanism that takes no parameter
+// (such as CKM_AES_KEY_GEN) and returns the new key's handle.
+func (m *Module) GenerateKey(session, mech uint, tmpl []Attr) (uint, error) {
+	fl, err := m.acquire()
+	if err != nil {
+		return 0, err
+	}
+	defer m.mu.RUnlock()
+
+	var a arena
+	defer a.free()
+	t, n, err := a.template(tmpl, "template", false)
+	if err != nil {
+		return 0, err
+	}
+	var h C.CK_OBJECT_HANDLE
+	rv := C.ckraw_generate_key(fl, C.CK_SESSION_HANDLE(session), C.CK_MECHANISM_TYPE(mech), t, n, &h)
+	if rv != C.CKR_OK {
+		return 0, toError(rv)
+	}
+	return uint(h), nil
+}
+
+// GenerateKeyPair calls C_GenerateKeyPair with a mechanism that takes no
+// parameter (such as CKM_RSA_PKCS_KEY_PAIR_GEN). Both templates are required.
+func (m *Module) GenerateKeyPair(session, mech uint, pub, priv []Attr) (pubH, privH uint, err error) {
+	fl, err := m.acquire()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer m.mu.RUnlock()
+
+	var a arena
+	defer a.free()
+	pt, pn, err := a.template(pub, "public template", false)
+	if err != nil {
+		return 0, 0, err
+	}
+	vt, vn, err := a.template(priv, "private template", false)
+	if err != nil {
+		return 0, 0, err
+	}
+	var hp, hv C.CK_OBJECT_HANDLE
+	rv := C.ckraw_generate_key_pair(fl, C.CK_SESSION_HANDLE(session), C.CK_MECHANISM_TYPE(mech), pt, pn, vt, vn, &hp, &hv)
+	if rv != C.CKR_OK {
+		return 0, 0, toError(rv)
+	}
+	return uint(hp), uint(hv), nil
+}
+
+// GetTemplate reads the array attribute attrType (CKA_WRAP_TEMPLATE,
+// CKA_UNWRAP_TEMPLATE, ...) of object. Every returned Value is a []byte as
+// the token stores it; decode with Attr.Bool and Attr.Ulong. An object whose
+// template is empty yields an empty, non-nil slice.
+//
+// Reading an array attribute takes three C_GetAttributeValue calls
+// (PKCS#11 v2.40 base §5.7, C_GetAttributeValue, applied to the array
+// attributes of §4.8-4.10; v3.0 spells the procedure out): pValue NULL gives
+// the array's size in bytes; an array of CK_ATTRIBUTE with NULL pValues gives
+// each element's type and length; an array with buffers gives the values.
+func (m *Module) GetTemplate(session, object, attrType uint) ([]Attr, error) {
+	if attrType&C.CKF_ARRAY_ATTRIBUTE == 0 {
+		return nil, fmt.Errorf("%w: attribute 0x%X is not an array attribute", ErrTemplate, attrType)
+	}
+	fl, err := m.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer m.mu.RUnlock()
+
+	var a arena
+	defer a.free()
+	outer := (*C.CK_ATTRIBUTE)(a.alloc(attrSize))
+	outer._type = C.CK_ATTRIBUTE_TYPE(attrType)
+	get := func() error {
+		rv := C.ckraw_get_attribute_value(fl, C.CK_SESSION_HANDLE(session), C.CK_OBJECT_HANDLE(object), outer, 1)
+		return toError(rv)
+	}
+
+	// 1. Size of the array in bytes.
+	if err := get(); err != nil {
+		return nil, err
+	}
+	size := outer.ulValueLen
+	if size == C.CK_UNAVAILABLE_INFORMATION || size%attrSize != 0 {
+		return nil, fmt.Errorf("ckraw: attribute 0x%X: module reported length %d, not an array of CK_ATTRIBUTE", attrType, uint(size))
+	}
+	count := int(size / attrSize)
+	if count == 0 {
+		return []Attr{}, nil
+	}
+	if count > maxTemplateAttrs {
+		return nil, fmt.Errorf("ckraw: attribute 0x%X: module reported %d attributes, more than %d", attrType, count, maxTemplateAttrs)
+	}
+
+	// 2. Types and lengths of the elements.
+	list := unsafe.Slice((*C.CK_ATTRIBUTE)(a.alloc(count*attrSize)), count)
+	outer.pValue = C.CK_VOID_PTR(unsafe.Pointer(&list[0]))
+	outer.ulValueLen = size
+	if err := get(); err != nil {
+		return nil, err
+	}
+
+	// 3. Values.
+	for i := range list {
+		n := list[i].ulValueLen
+		if n == C.CK_UNAVAILABLE_INFORMATION || n > maxValueLen {
+			return nil, fmt.Errorf("ckraw: attribute 0x%X: element 0x%X: module reported length %d", attrType, uint(list[i]._type), uint(n))
+		}
+		list[i].pValue = nil
+		if n > 0 {
+			list[i].pValue = C.CK_VOID_PTR(a.alloc(int(n)))
+		}
+	}
+	outer.ulValueLen = size
+	if err := get(); err != nil {
+		return nil, err
+	}
+
+	out := make([]Attr, count)
+	for i, e := range list {
+		v := []byte{}
+		if e.ulValueLen > 0 && e.pValue != nil {
+			v = C.GoBytes(unsafe.Pointer(e.pValue), C.int(e.ulValueLen))
+		}
+		out[i] = Attr{Type: uint(e._type), Value: v}
+	}
+	return out, nil
+}
+
+func toError(rv C.CK_RV) error {
+	if rv == C.CKR_OK {
+		return nil
+	}
+	return pkcs11.Error(rv)
+}
+
+// arena owns C memory for one call. free scrubs and releases all of it:
+// templates can carry key material (CKA_VALUE in C_CreateObject).
+type arena struct {
+	ptrs  []unsafe.Pointer
+	sizes []int
+}
+
+// alloc returns n zeroed bytes of C memory (n > 0). C.malloc never returns
+// nil: cgo aborts the program when C memory runs out.
+func (a *arena) alloc(n int) unsafe.Pointer {
+	p := C.malloc(C.size_t(n))
+	C.memset(p, 0, C.size_t(n))
+	a.ptrs = append(a.ptrs, p)
+	a.sizes = append(a.sizes, n)
+	return p
+}
+
+func (a *arena) free() {
+	for i, p := range a.ptrs {
+		C.memset(p, 0, C.size_t(a.sizes[i]))
+		C.free(p)
+	}
+	a.ptrs, a.sizes = nil, nil
+}
+
+// template copies tmpl into an array of CK_ATTRIBUTE in C memory. where names
+// the template in errors. nested is true for the contents of an array
+// attribute, which may not nest further.
+//
+// Array attributes (CKF_ARRAY_ATTRIBUTE, pkcs11t.h) hold an array of
+// CK_ATTRIBUTE; ulValueLen is the array's size in bytes, so the element count
+// is ulValueLen / sizeof(CK_ATTRIBUTE) (PKCS#11 v2.40 base, CKA_WRAP_TEMPLATE
+// and CKA_UNWRAP_TEMPLATE in §4.8 public, §4.9 private and §4.10 secret key
+// objects).
+func (a *arena) template(tmpl []Attr, where string, nested bool) (C.CK_ATTRIBUTE_PTR, C.CK_ULONG, error) {
+	if len(tmpl) == 0 {
+		return nil, 0, fmt.Errorf("%w: %s is empty", ErrTemplate, where)
+	}
+	if len(tmpl) > maxTemplateAttrs {
+		return nil, 0, fmt.Errorf("%w: %s has %d attributes, more than %d", ErrTemplate, where, len(tmpl), maxTemplateAttrs)
+	}
+	list := unsafe.Slice((*C.CK_ATTRIBUTE)(a.alloc(len(tmpl)*attrSize)), len(tmpl))
+	for i, at := range tmpl {
+		var (
+			p unsafe.Pointer
+			n int
+		)
+		switch v := at.Value.(type) {
+		case bool:
+			p, n = a.alloc(bboolSize), bboolSize
+			*(*C.CK_BBOOL)(p) = C.CK_FALSE
+			if v {
+				*(*C.CK_BBOOL)(p) = C.CK_TRUE
+			}
+		case uint:
+			// CK_ULONG is unsigned long, the width of a Go uint on every
+			// Unix ABI (LP64, ILP32); miekg makes the same assumption.
+			p, n = a.alloc(ulongSize), ulongSize
+			*(*C.CK_ULONG)(p) = C.CK_ULONG(v)
+		case []byte:
+			p, n = a.bytes(v)
+		case string:
+			p, n = a.bytes([]byte(v))
+		case []Attr:
+			if nested {
+				return nil, 0, fmt.Errorf("%w: %s: attribute 0x%X: templates nest one level deep at most", ErrTemplate, where, at.Type)
+			}
+			if at.Type&C.CKF_ARRAY_ATTRIBUTE == 0 {
+				return nil, 0, fmt.Errorf("%w: %s: attribute 0x%X is not an array attribute (CKF_ARRAY_ATTRIBUTE) and cannot hold a template", ErrTemplate, where, at.Type)
+			}
+			sub, cnt, err := a.template(v, fmt.Sprintf("%s: attribute 0x%X", where, at.Type), true)
+			if err != nil {
+				return nil, 0, err
+			}
+			p, n = unsafe.Pointer(sub), int(cnt)*attrSize
+		default:
+			return nil, 0, fmt.Errorf("%w: %s: attribute 0x%X: unsupported value type %T", ErrTemplate, where, at.Type, at.Value)
+		}
+		list[i]._type = C.CK_ATTRIBUTE_TYPE(at.Type)
+		list[i].pValue = C.CK_VOID_PTR(p)
+		list[i].ulValueLen = C.CK_ULONG(n)
+	}
+	return &list[0], C.CK_ULONG(len(list)), nil
+}
+
+// bytes copies b into C memory; an empty b is (NULL, 0).
+func (a *arena) bytes(b []byte) (unsafe.Pointer, int) {
+	if len(b) == 0 {
+		return nil, 0
+	}
+	p := a.alloc(len(b))
+	copy(unsafe.Slice((*byte)(p), len(b)), b)
+	return p, len(b)
+}

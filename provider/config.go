@@ -35,6 +35,9 @@ type Config struct {
 	// MaxSessions bounds the sessions the provider opens (default 16).
 	// Callers beyond it wait, honouring their context.
 	MaxSessions int
+	// ExportPolicy says whether session keys may leave the token wrapped
+	// (default ExportTrusted: only under SO-trusted KEKs, checked at Open).
+	ExportPolicy ExportPolicy
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64

@@ -37,6 +37,9 @@ var (
 	ErrInvalidInput = errors.New("invalid input")
 	// ErrTokenUnavailable: the token is not present or the device was removed.
 	ErrTokenUnavailable = errors.New("token unavailable")
+	// ErrWrappedKeyInvalid: a wrapped key failed its integrity check, was
+	// wrapped under another KEK, or is not a key of the stated kind.
+	ErrWrappedKeyInvalid = errors.New("wrapped key invalid or wrong kek")
 	// ErrConfig: the configuration is contradictory or incomplete.
 	ErrConfig = errors.New("invalid configuration")
 )

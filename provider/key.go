@@ -69,6 +69,9 @@ type Key struct {
 	owner   *p11.Session
 	alg     Algorithm
 	created time.Time
+	// exportable: generated under ExportTrusted, or unwrapped (the KEK's
+	// unwrap template makes it CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED).
+	exportable bool
 
 	// mu is held for reading by operations and for writing by destroy.
 	mu        sync.RWMutex
@@ -87,9 +90,10 @@ func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
 		return nil, err
 	}
 	defer p.end()
-	k := &Key{p: p, alg: alg}
+	exportable := p.cfg.ExportPolicy == ExportTrusted
+	k := &Key{p: p, alg: alg, exportable: exportable}
 	err := p.do(ctx, func(s *p11.Session) error {
-		obj, err := p.pool.GenerateAES(s, p11.SecretKeySpec{Bytes: n})
+		obj, err := p.pool.GenerateAES(s, p11.SecretKeySpec{Bytes: n, Extractable: exportable, WrapWithTrusted: exportable})
 		if err != nil {
 			return err
 		}
@@ -99,17 +103,26 @@ func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate %v: %w", alg, mapErr(err))
 	}
+	p.register(k)
+	return k, nil
+}
+
+// register records a new key, so that Close destroys it.
+func (p *Provider) register(k *Key) {
 	k.created = time.Now().UTC()
 	p.keysMu.Lock()
 	p.keys[k] = struct{}{}
 	p.keysMu.Unlock()
-	return k, nil
 }
 
 // Algorithm is the key's algorithm.
 func (k *Key) Algorithm() Algorithm { return k.alg }
 
-// Created is when the key was generated.
+// Exportable reports whether the key may leave the token wrapped under a
+// trusted KEK.
+func (k *Key) Exportable() bool { return k.exportable }
+
+// Created is when the key was generated or unwrapped.
 func (k *Key) Created() time.Time { return k.created }
 
 // String names the key without any secret.

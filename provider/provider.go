@@ -45,7 +45,26 @@ type Provider struct {
 	keys   map[*Key]struct{}
 
 	pin []byte // kept to restore a lost login once; cleared by Close
+
+	keks   kekCache
+	oaepMu sync.Mutex
+	oaep   WrapMechanism // the OAEP variant the token accepted, once known
+
+	// Enforcement is what the export-policy checks at Open found.
+	enforcement []EnforcementCheck
 }
+
+// EnforcementCheck is one check Open made that the token enforces the export
+// policy (see docs/security.md).
+type EnforcementCheck struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+// Enforcement returns the checks Open made of the export policy; empty under
+// ExportNone.
+func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
 // Tokens lists the tokens present in the module at path.
 func Tokens(path string) ([]TokenInfo, error) {
@@ -84,6 +103,9 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	if cfg.MaxSessions == 0 {
 		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.ExportPolicy != ExportTrusted && cfg.ExportPolicy != ExportNone {
+		return nil, fmt.Errorf("%w: export policy %v", ErrConfig, cfg.ExportPolicy)
 	}
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
@@ -129,7 +151,16 @@ func (p *Provider) open(ctx context.Context) error {
 		return p.loginErr(err)
 	}
 	p.pool = pool
-	pool.Put(first)
+	defer pool.Put(first)
+	if p.cfg.ExportPolicy == ExportTrusted {
+		for _, r := range pool.CheckEnforcement(first) {
+			p.enforcement = append(p.enforcement, EnforcementCheck(r))
+			if !r.OK {
+				pool.Close() // the deferred Put then closes first
+				return fmt.Errorf("%w: token %s fails the %q check: %s (use export policy none on this token)", ErrUnsupported, tok, r.Name, r.Detail)
+			}
+		}
+	}
 	return nil
 }
 
@@ -142,7 +173,7 @@ func (p *Provider) checkMechanisms() error {
 	for _, m := range []struct {
 		t    uint
 		name string
-	}{{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}, {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"}} {
+	}{{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN"}, {pkcs11.CKM_AES_GCM, "CKM_AES_GCM"}, {pkcs11.CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP"}} {
 		if !slices.Contains(mechs, m.t) {
 			return fmt.Errorf("%w: token %s lacks %s", ErrUnsupported, p.token, m.name)
 		}
@@ -297,6 +328,8 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrPolicy, err)
 	case errors.Is(err, p11.ErrPoolClosed):
 		return ErrClosed
+	case errors.Is(err, p11.ErrWrappedKeyInvalid):
+		return fmt.Errorf("%w: %w", ErrWrappedKeyInvalid, err)
 	}
 	code, ok := p11.CodeOf(err)
 	if !ok {

@@ -201,33 +201,36 @@ func TestTwoProvidersShareTheModule(t *testing.T) {
 }
 
 func TestSessionKeyAttributes(t *testing.T) {
-	p := openProvider(t)
-	raw := openRaw(t)
-	for _, alg := range []Algorithm{AES128, AES256} {
-		k, err := p.Generate(bg, alg)
-		require.NoError(t, err)
-		got := raw.bools(t, uint(k.obj),
-			pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
-			pkcs11.CKA_WRAP_WITH_TRUSTED, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP,
-			pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY,
-			pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE)
-		assert.Equal(t, map[uint]bool{
-			pkcs11.CKA_TOKEN: false, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true,
-			pkcs11.CKA_EXTRACTABLE: false, pkcs11.CKA_WRAP_WITH_TRUSTED: false,
-			pkcs11.CKA_ENCRYPT: true, pkcs11.CKA_DECRYPT: true, pkcs11.CKA_WRAP: false,
-			pkcs11.CKA_UNWRAP: false, pkcs11.CKA_DERIVE: false, pkcs11.CKA_SIGN: false,
-			pkcs11.CKA_VERIFY: false, pkcs11.CKA_ALWAYS_SENSITIVE: true, pkcs11.CKA_NEVER_EXTRACTABLE: true,
-		}, got, alg.String())
-		vl, err := raw.ctx.GetAttributeValue(raw.s, pkcs11.ObjectHandle(k.obj), []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)})
-		require.NoError(t, err)
-		n, ok := ulongBytes(vl[0].Value)
-		require.True(t, ok)
-		assert.Equal(t, uint64(alg.bytes()), n)
-		// The value cannot be read, by anyone in this process.
-		_, err = raw.ctx.GetAttributeValue(raw.s, pkcs11.ObjectHandle(k.obj), []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-		require.ErrorIs(t, err, pkcs11.Error(pkcs11.CKR_ATTRIBUTE_SENSITIVE))
-		// Nor can it be wrapped out: export is off until a policy allows it.
-		assert.False(t, got[pkcs11.CKA_EXTRACTABLE])
+	for _, policy := range []ExportPolicy{ExportTrusted, ExportNone} {
+		p := openProvider(t, func(c *Config) { c.ExportPolicy = policy })
+		raw := openRaw(t)
+		exportable := policy == ExportTrusted
+		for _, alg := range []Algorithm{AES128, AES256} {
+			k, err := p.Generate(bg, alg)
+			require.NoError(t, err)
+			assert.Equal(t, exportable, k.Exportable())
+			got := raw.bools(t, uint(k.obj),
+				pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
+				pkcs11.CKA_WRAP_WITH_TRUSTED, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP,
+				pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY,
+				pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE)
+			assert.Equal(t, map[uint]bool{
+				pkcs11.CKA_TOKEN: false, pkcs11.CKA_PRIVATE: true, pkcs11.CKA_SENSITIVE: true,
+				pkcs11.CKA_EXTRACTABLE: exportable, pkcs11.CKA_WRAP_WITH_TRUSTED: exportable,
+				pkcs11.CKA_ENCRYPT: true, pkcs11.CKA_DECRYPT: true, pkcs11.CKA_WRAP: false,
+				pkcs11.CKA_UNWRAP: false, pkcs11.CKA_DERIVE: false, pkcs11.CKA_SIGN: false,
+				pkcs11.CKA_VERIFY: false, pkcs11.CKA_ALWAYS_SENSITIVE: true, pkcs11.CKA_NEVER_EXTRACTABLE: !exportable,
+			}, got, "%v %v", policy, alg)
+			vl, err := raw.ctx.GetAttributeValue(raw.s, pkcs11.ObjectHandle(k.obj), []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, nil)})
+			require.NoError(t, err)
+			n, ok := ulongBytes(vl[0].Value)
+			require.True(t, ok)
+			assert.Equal(t, uint64(alg.bytes()), n)
+			// The value cannot be read, by anyone in this process.
+			_, err = raw.ctx.GetAttributeValue(raw.s, pkcs11.ObjectHandle(k.obj), []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+			require.ErrorIs(t, err, pkcs11.Error(pkcs11.CKR_ATTRIBUTE_SENSITIVE))
+		}
+		require.NoError(t, p.Close())
 	}
 }
 
@@ -250,17 +253,17 @@ func TestPolicyReadBackCatchesMismatch(t *testing.T) {
 	k, err := p.Generate(bg, AES256)
 	require.NoError(t, err)
 	err = p.do(bg, func(s *p11.Session) error {
-		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 32, Extractable: true})
+		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 32})
 	})
 	require.ErrorIs(t, err, p11.ErrPolicyIgnored)
 	assert.Contains(t, err.Error(), "CKA_EXTRACTABLE")
 	err = p.do(bg, func(s *p11.Session) error {
-		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 16})
+		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 16, Extractable: true, WrapWithTrusted: true})
 	})
 	require.ErrorIs(t, err, p11.ErrPolicyIgnored)
 	assert.Contains(t, err.Error(), "CKA_VALUE_LEN")
 	require.NoError(t, p.do(bg, func(s *p11.Session) error {
-		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 32})
+		return p.pool.VerifySessionKey(s, k.obj, p11.SecretKeySpec{Bytes: 32, Extractable: true, WrapWithTrusted: true})
 	}))
 }
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
 
@@ -73,7 +74,8 @@ func CodeOf(err error) (uint, bool) {
 type Module struct {
 	path string
 	ctx  *pkcs11.Ctx
-	refs int // guarded by registry.mu
+	raw  *ckraw.Module // the same library, for nested templates
+	refs int           // guarded by registry.mu
 	// owner is true when our C_Initialize succeeded. A library that another
 	// part of the process initialised first is never finalised by us: that
 	// would pull the module from under it (C_Finalize is process-wide).
@@ -122,7 +124,15 @@ func Load(path string) (*Module, error) {
 		}
 		owner = false
 	}
-	m := &Module{path: key, ctx: ctx, refs: 1, owner: owner}
+	raw, err := ckraw.Open(key)
+	if err != nil {
+		if owner {
+			_ = ctx.Finalize()
+		}
+		ctx.Destroy()
+		return nil, fmt.Errorf("%w: %s: %w", ErrModuleLoad, path, err)
+	}
+	m := &Module{path: key, ctx: ctx, raw: raw, refs: 1, owner: owner}
 	registry.m[key] = m
 	return m, nil
 }
@@ -149,6 +159,7 @@ func (m *Module) Release() error {
 			err = nil
 		}
 	}
+	_ = m.raw.Close()
 	m.ctx.Destroy()
 	return wrapErr("C_Finalize", err)
 }

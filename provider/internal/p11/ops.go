@@ -43,6 +43,7 @@ var attrNames = map[uint]string{
 	pkcs11.CKA_VALUE_LEN:         "CKA_VALUE_LEN",
 	pkcs11.CKA_TRUSTED:           "CKA_TRUSTED",
 	pkcs11.CKA_MODIFIABLE:        "CKA_MODIFIABLE",
+	pkcs11.CKA_COPYABLE:          "CKA_COPYABLE",
 }
 
 // AttrName is the CKA_* name of an attribute type.
@@ -68,6 +69,9 @@ func sessionKeyPolicy(spec SecretKeySpec) []boolAttr {
 		{pkcs11.CKA_SENSITIVE, true},
 		{pkcs11.CKA_EXTRACTABLE, spec.Extractable},
 		{pkcs11.CKA_WRAP_WITH_TRUSTED, spec.WrapWithTrusted},
+		// Not copyable: C_CopyObject is one more way to make a key with
+		// other attributes (PKCS#11 v2.40 §4.4, CKA_COPYABLE).
+		{pkcs11.CKA_COPYABLE, false},
 		{pkcs11.CKA_ENCRYPT, true},
 		{pkcs11.CKA_DECRYPT, true},
 		{pkcs11.CKA_WRAP, false},

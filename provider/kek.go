@@ -1,0 +1,522 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
+	"github.com/miekg/pkcs11"
+)
+
+// ExportPolicy says whether session keys may leave the token, wrapped.
+type ExportPolicy int
+
+const (
+	// ExportTrusted (the default): session keys are generated
+	// CKA_EXTRACTABLE=true and CKA_WRAP_WITH_TRUSTED=true, so the token lets
+	// them out only wrapped under a key the SO marked CKA_TRUSTED. Open
+	// checks that the token enforces this and refuses to start otherwise.
+	ExportTrusted ExportPolicy = iota
+	// ExportNone: session keys are never extractable; Wrap refuses them.
+	ExportNone
+)
+
+func (e ExportPolicy) String() string {
+	switch e {
+	case ExportTrusted:
+		return "trusted"
+	case ExportNone:
+		return "none"
+	}
+	return fmt.Sprintf("ExportPolicy(%d)", int(e))
+}
+
+// ParseExportPolicy reads "trusted" or "none".
+func ParseExportPolicy(s string) (ExportPolicy, error) {
+	switch s {
+	case "trusted":
+		return ExportTrusted, nil
+	case "none":
+		return ExportNone, nil
+	}
+	return 0, fmt.Errorf("%w: export policy %q (want trusted or none)", ErrInvalidInput, s)
+}
+
+// KEKType is the kind and size of a key-encryption key.
+type KEKType int
+
+const (
+	KEKAES128    KEKType = iota + 1 // AES-128 KEK, wrap and unwrap (RFC 3394)
+	KEKAES256                       // AES-256 KEK, wrap and unwrap (RFC 3394)
+	KEKRSA2048                      // RSA-2048 pair: trusted public half wraps (OAEP), private half unwraps
+	KEKRSA3072                      // RSA-3072 pair
+	KEKRSA4096                      // RSA-4096 pair
+	KEKRSAPublic                    // another party's RSA public key: wrap only
+)
+
+var kekTypeNames = map[KEKType]string{
+	KEKAES128: "aes128", KEKAES256: "aes256", KEKRSA2048: "rsa2048",
+	KEKRSA3072: "rsa3072", KEKRSA4096: "rsa4096", KEKRSAPublic: "rsa-public",
+}
+
+func (t KEKType) String() string {
+	if n, ok := kekTypeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("KEKType(%d)", int(t))
+}
+
+// ParseKEKType reads a KEK type name as String writes it.
+func ParseKEKType(s string) (KEKType, error) {
+	for t, n := range kekTypeNames {
+		if n == s {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: kek type %q (want aes128, aes256, rsa2048, rsa3072 or rsa4096)", ErrInvalidInput, s)
+}
+
+// IsRSA reports whether the KEK is an RSA key.
+func (t KEKType) IsRSA() bool { return t >= KEKRSA2048 && t <= KEKRSAPublic }
+
+func kekType(o p11.KEKObject) KEKType {
+	switch o.Kind {
+	case p11.KindAES:
+		switch o.Bits {
+		case 128:
+			return KEKAES128
+		case 256:
+			return KEKAES256
+		}
+	case p11.KindRSA:
+		switch o.Bits {
+		case 2048:
+			return KEKRSA2048
+		case 3072:
+			return KEKRSA3072
+		case 4096:
+			return KEKRSA4096
+		}
+	case p11.KindRSAPublic:
+		return KEKRSAPublic
+	}
+	return 0
+}
+
+// KEK is a key-encryption key on the token, as found there. A KEK with
+// Problems is refused for every use; they say why.
+type KEK struct {
+	Label    string   // CKA_LABEL: the KEK's name
+	ID       []byte   // CKA_ID: unique; identifies the version in exported keys
+	Version  int      // from the ID (hsmkeys IDs start with a 4-byte version); 0 if unknown
+	Type     KEKType  // 0 if not a type hsmkeys makes
+	Bits     int      // key or modulus size
+	Trusted  bool     // the wrapping object is CKA_TRUSTED
+	Problems []string // attributes that break the policy; empty for a good KEK
+
+	obj p11.KEKObject
+}
+
+func (k *KEK) String() string {
+	return fmt.Sprintf("kek %q v%d (%v, id %s)", k.Label, k.Version, k.Type, hex.EncodeToString(k.ID))
+}
+
+// CanUnwrap reports whether this token holds the unwrapping half.
+func (k *KEK) CanUnwrap() bool { return k.obj.Unwrap != 0 }
+
+// PublicKey returns an RSA KEK's public key; nil for an AES KEK.
+func (k *KEK) PublicKey() *rsa.PublicKey {
+	if len(k.obj.Modulus) == 0 {
+		return nil
+	}
+	e := new(big.Int).SetBytes(k.obj.Exponent)
+	if !e.IsInt64() || e.Int64() > 1<<31-1 {
+		return nil
+	}
+	return &rsa.PublicKey{N: new(big.Int).SetBytes(k.obj.Modulus), E: int(e.Int64())}
+}
+
+func newKEK(o p11.KEKObject, problems []string) *KEK {
+	k := &KEK{
+		Label:    o.Label,
+		ID:       bytes.Clone(o.ID),
+		Version:  int(p11.KEKVersion(o.ID)),
+		Type:     kekType(o),
+		Bits:     o.Bits,
+		Problems: problems,
+		obj:      o,
+	}
+	k.Trusted = !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "CKA_TRUSTED") }) && o.Wrap != 0
+	if k.Type == 0 {
+		k.Problems = append(k.Problems, fmt.Sprintf("unsupported key size %d", o.Bits))
+	}
+	return k
+}
+
+// usable returns an error naming the KEK's problems, if any.
+func (k *KEK) usable() error {
+	if len(k.Problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %v refused: %s", ErrPolicy, k, strings.Join(k.Problems, "; "))
+}
+
+// sortKEKs orders by label, then version, newest last.
+func sortKEKs(ks []*KEK) {
+	slices.SortStableFunc(ks, func(a, b *KEK) int {
+		if c := strings.Compare(a.Label, b.Label); c != 0 {
+			return c
+		}
+		return a.Version - b.Version
+	})
+}
+
+// kekCache keeps KEKs found on the token by ID, so that export and import do
+// not search the token every time. An entry is dropped when the token says
+// its handles are no longer valid.
+type kekCache struct {
+	mu   sync.Mutex
+	byID map[string]*KEK
+}
+
+func (c *kekCache) get(id []byte) *KEK {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byID[string(id)]
+}
+
+func (c *kekCache) put(k *KEK) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byID == nil {
+		c.byID = map[string]*KEK{}
+	}
+	c.byID[string(k.ID)] = k
+}
+
+func (c *kekCache) drop(id []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byID, string(id))
+}
+
+// KEKs lists the KEKs on the token, with their problems. A KEK whose
+// private half is missing is listed with CanUnwrap false.
+func (p *Provider) KEKs(ctx context.Context) ([]*KEK, error) {
+	return p.findKEKs(ctx, "", nil)
+}
+
+func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KEK, error) {
+	if err := p.begin(); err != nil {
+		return nil, err
+	}
+	defer p.end()
+	var out []*KEK
+	err := p.do(ctx, func(s *p11.Session) error {
+		objs, err := p.pool.FindKEKs(s, label, id)
+		if err != nil {
+			return err
+		}
+		out = out[:0]
+		for _, o := range objs {
+			out = append(out, newKEK(o, p.pool.KEKProblems(s, o)))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	sortKEKs(out)
+	return out, nil
+}
+
+// KEK returns the newest version of the KEK named name. If that version has
+// problems it is refused, rather than an older one used silently.
+func (p *Provider) KEK(ctx context.Context, name string) (*KEK, error) {
+	if name == "" {
+		return nil, fmt.Errorf("%w: empty kek name", ErrInvalidInput)
+	}
+	ks, err := p.findKEKs(ctx, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(ks) == 0 {
+		return nil, fmt.Errorf("%w: kek %q", ErrNotFound, name)
+	}
+	k := ks[len(ks)-1]
+	if err := k.usable(); err != nil {
+		return nil, err
+	}
+	p.keks.put(k)
+	return k, nil
+}
+
+// KEKByID returns the KEK with this CKA_ID: the exact version an exported
+// key names.
+func (p *Provider) KEKByID(ctx context.Context, id []byte) (*KEK, error) {
+	if len(id) == 0 || len(id) > 256 {
+		return nil, fmt.Errorf("%w: kek id of %d bytes", ErrInvalidInput, len(id))
+	}
+	if k := p.keks.get(id); k != nil {
+		return k, nil
+	}
+	ks, err := p.findKEKs(ctx, "", id)
+	if err != nil {
+		return nil, err
+	}
+	if len(ks) == 0 {
+		return nil, fmt.Errorf("%w: kek with id %s", ErrNotFound, hex.EncodeToString(id))
+	}
+	if len(ks) > 1 {
+		return nil, fmt.Errorf("%w: %d keks share the id %s", ErrPolicy, len(ks), hex.EncodeToString(id))
+	}
+	k := ks[0]
+	if err := k.usable(); err != nil {
+		return nil, err
+	}
+	p.keks.put(k)
+	return k, nil
+}
+
+// KEKByPublicKey returns the RSA KEK whose public key is pub.
+func (p *Provider) KEKByPublicKey(ctx context.Context, match func(*rsa.PublicKey) bool) (*KEK, error) {
+	ks, err := p.KEKs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range ks {
+		if pub := k.PublicKey(); pub != nil && match(pub) {
+			if err := k.usable(); err != nil {
+				return nil, err
+			}
+			p.keks.put(k)
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no rsa kek with that public key", ErrNotFound)
+}
+
+// WrapMechanism is how a wrapped key was wrapped.
+type WrapMechanism int
+
+const (
+	AESKeyWrap    WrapMechanism = iota + 1 // RFC 3394, CKM_AES_KEY_WRAP
+	AESKeyWrapPad                          // RFC 5649, CKM_AES_KEY_WRAP_PAD (SoftHSM) or _KWP
+	RSAOAEPSHA1                            // RSAES-OAEP, SHA-1 and MGF1-SHA-1 (RFC 8017)
+	RSAOAEPSHA256                          // RSAES-OAEP, SHA-256 and MGF1-SHA-256
+)
+
+func (w WrapMechanism) String() string {
+	switch w {
+	case AESKeyWrap:
+		return "aes-key-wrap"
+	case AESKeyWrapPad:
+		return "aes-key-wrap-pad"
+	case RSAOAEPSHA1:
+		return "rsa-oaep-sha1"
+	case RSAOAEPSHA256:
+		return "rsa-oaep-sha256"
+	}
+	return fmt.Sprintf("WrapMechanism(%d)", int(w))
+}
+
+func (w WrapMechanism) p11() (p11.WrapMech, error) {
+	switch w {
+	case AESKeyWrap:
+		return p11.WrapMech{Mech: pkcs11.CKM_AES_KEY_WRAP}, nil
+	case AESKeyWrapPad:
+		return p11.WrapMech{Mech: pkcs11.CKM_AES_KEY_WRAP_PAD}, nil
+	case RSAOAEPSHA1:
+		return p11.WrapMech{Mech: pkcs11.CKM_RSA_PKCS_OAEP, Hash: pkcs11.CKM_SHA_1}, nil
+	case RSAOAEPSHA256:
+		return p11.WrapMech{Mech: pkcs11.CKM_RSA_PKCS_OAEP, Hash: pkcs11.CKM_SHA256}, nil
+	}
+	return p11.WrapMech{}, fmt.Errorf("%w: wrap mechanism %v", ErrUnsupported, w)
+}
+
+func (w WrapMechanism) isRSA() bool { return w == RSAOAEPSHA1 || w == RSAOAEPSHA256 }
+
+// WrappedKey is a session key wrapped under a KEK: the raw output of
+// C_WrapKey and what is needed to unwrap it. The format of exported keys
+// builds on it.
+type WrappedKey struct {
+	KEKID     []byte        // the CKA_ID of the KEK version
+	Mechanism WrapMechanism // how it was wrapped
+	Algorithm Algorithm     // what the key is
+	Bytes     []byte        // the wrapped key
+}
+
+// Wrap wraps the session key k under kek, inside the token. The token
+// itself refuses unless k was generated exportable (ExportTrusted) and kek
+// is trusted. AES KEKs use RFC 3394 key wrap; RSA KEKs use OAEP with the
+// strongest hash the token accepts (SoftHSM 2.6.1: SHA-1 only), recorded in
+// the result.
+func (p *Provider) Wrap(ctx context.Context, k *Key, kek *KEK) (*WrappedKey, error) {
+	if kek == nil {
+		return nil, fmt.Errorf("wrap: %w: nil kek", ErrInvalidInput)
+	}
+	if err := kek.usable(); err != nil {
+		return nil, fmt.Errorf("wrap: %w", err)
+	}
+	if k != nil && !k.exportable {
+		return nil, fmt.Errorf("wrap: %w: %v was generated under export policy none", ErrPolicy, k)
+	}
+	var out *WrappedKey
+	err := k.use(ctx, "wrap", func(s *p11.Session) error {
+		w, err := p.wrapOn(s, k.obj, k.alg, kek)
+		out = w
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// wrapOn wraps obj under kek on session s, choosing the mechanism.
+func (p *Provider) wrapOn(s *p11.Session, obj p11.Object, alg Algorithm, kek *KEK) (*WrappedKey, error) {
+	mechs := []WrapMechanism{AESKeyWrap}
+	if kek.Type.IsRSA() {
+		mechs = p.oaepOrder()
+	}
+	var last error
+	for _, m := range mechs {
+		pm, _ := m.p11()
+		b, err := p.pool.Wrap(s, pm, kek.obj.Wrap, obj)
+		if err == nil {
+			if m.isRSA() {
+				p.oaepWorks(m)
+			}
+			return &WrappedKey{KEKID: bytes.Clone(kek.ID), Mechanism: m, Algorithm: alg, Bytes: b}, nil
+		}
+		last = err
+		code, _ := p11.CodeOf(err)
+		if !m.isRSA() || (code != pkcs11.CKR_ARGUMENTS_BAD && code != pkcs11.CKR_MECHANISM_PARAM_INVALID && code != pkcs11.CKR_MECHANISM_INVALID) {
+			break
+		}
+	}
+	return nil, kekErr(last)
+}
+
+// oaepOrder is the OAEP hashes to try: the one that worked last, or SHA-256
+// then SHA-1.
+func (p *Provider) oaepOrder() []WrapMechanism {
+	p.oaepMu.Lock()
+	defer p.oaepMu.Unlock()
+	if p.oaep != 0 {
+		return []WrapMechanism{p.oaep}
+	}
+	return []WrapMechanism{RSAOAEPSHA256, RSAOAEPSHA1}
+}
+
+func (p *Provider) oaepWorks(m WrapMechanism) {
+	p.oaepMu.Lock()
+	p.oaep = m
+	p.oaepMu.Unlock()
+}
+
+// kekErr explains the token's refusals to wrap.
+func kekErr(err error) error {
+	code, _ := p11.CodeOf(err)
+	switch code {
+	case pkcs11.CKR_KEY_NOT_WRAPPABLE, pkcs11.CKR_KEY_UNEXTRACTABLE:
+		return fmt.Errorf("%w: the token refused to wrap this key under this kek: %w", ErrPolicy, err)
+	}
+	return err
+}
+
+// Unwrap brings a wrapped key back into the token as a session key, under
+// the KEK version its KEKID names. The key comes back private, sensitive and
+// exportable only under trusted keys, whatever the caller asks: the KEK's
+// CKA_UNWRAP_TEMPLATE forces it. A blob that fails its integrity check, or
+// was wrapped under another key, gives ErrWrappedKeyInvalid.
+func (p *Provider) Unwrap(ctx context.Context, w *WrappedKey) (*Key, error) {
+	if err := validWrapped(w); err != nil {
+		return nil, fmt.Errorf("unwrap: %w", err)
+	}
+	kek, err := p.KEKByID(ctx, w.KEKID)
+	if err != nil {
+		return nil, fmt.Errorf("unwrap: %w", err)
+	}
+	return p.unwrapUnder(ctx, w, kek)
+}
+
+func validWrapped(w *WrappedKey) error {
+	if w == nil {
+		return fmt.Errorf("%w: nil wrapped key", ErrInvalidInput)
+	}
+	if len(w.Bytes) == 0 || len(w.Bytes) > p11.MaxWrapped {
+		return fmt.Errorf("%w: wrapped key of %d bytes", ErrWrappedKeyInvalid, len(w.Bytes))
+	}
+	if w.Algorithm.bytes() == 0 {
+		return fmt.Errorf("%w: algorithm %v", ErrUnsupported, w.Algorithm)
+	}
+	if _, err := w.Mechanism.p11(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// unwrapUnder unwraps w under kek into a new session key.
+func (p *Provider) unwrapUnder(ctx context.Context, w *WrappedKey, kek *KEK) (*Key, error) {
+	if !kek.CanUnwrap() {
+		return nil, fmt.Errorf("unwrap: %w: %v has no unwrapping half on this token", ErrNotFound, kek)
+	}
+	if w.Mechanism.isRSA() != kek.Type.IsRSA() {
+		return nil, fmt.Errorf("unwrap: %w: %v cannot unwrap a %v key", ErrWrappedKeyInvalid, kek, w.Mechanism)
+	}
+	if err := p.begin(); err != nil {
+		return nil, err
+	}
+	defer p.end()
+	pm, _ := w.Mechanism.p11()
+	k := &Key{p: p, alg: w.Algorithm, exportable: true}
+	err := p.do(ctx, func(s *p11.Session) error {
+		obj, err := p.pool.Unwrap(s, pm, kek.obj.Unwrap, w.Bytes, w.Algorithm.bytes())
+		if err != nil {
+			return err
+		}
+		k.obj, k.owner = obj, s
+		return nil
+	})
+	if err != nil {
+		if code, _ := p11.CodeOf(err); code == pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID || code == pkcs11.CKR_KEY_HANDLE_INVALID {
+			p.keks.drop(kek.ID)
+		}
+		if errors.Is(err, p11.ErrWrappedKeyInvalid) {
+			return nil, fmt.Errorf("unwrap: %w: %w", ErrWrappedKeyInvalid, err)
+		}
+		return nil, fmt.Errorf("unwrap: %w", mapErr(err))
+	}
+	p.register(k)
+	return k, nil
+}
+
+// Rewrap unwraps w into the token and wraps it under to, then destroys the
+// temporary session key: the key never exists outside the token.
+func (p *Provider) Rewrap(ctx context.Context, w *WrappedKey, to *KEK) (*WrappedKey, error) {
+	if to == nil {
+		return nil, fmt.Errorf("rewrap: %w: nil kek", ErrInvalidInput)
+	}
+	if err := to.usable(); err != nil {
+		return nil, fmt.Errorf("rewrap: %w", err)
+	}
+	k, err := p.Unwrap(ctx, w)
+	if err != nil {
+		return nil, fmt.Errorf("rewrap: %w", err)
+	}
+	defer k.Destroy(context.WithoutCancel(ctx))
+	out, err := p.Wrap(ctx, k, to)
+	if err != nil {
+		return nil, fmt.Errorf("rewrap: %w", err)
+	}
+	return out, nil
+}

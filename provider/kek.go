@@ -202,6 +202,16 @@ func (c *kekCache) put(k *KEK) {
 	c.byID[string(k.ID)] = k
 }
 
+// putAs files k under another key (such as a subject key identifier).
+func (c *kekCache) putAs(key []byte, k *KEK) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byID == nil {
+		c.byID = map[string]*KEK{}
+	}
+	c.byID[string(key)] = k
+}
+
 func (c *kekCache) drop(id []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -500,9 +510,9 @@ func (p *Provider) unwrapUnder(ctx context.Context, w *WrappedKey, kek *KEK) (*K
 	return k, nil
 }
 
-// Rewrap unwraps w into the token and wraps it under to, then destroys the
+// RewrapKey unwraps w into the token and wraps it under to, then destroys the
 // temporary session key: the key never exists outside the token.
-func (p *Provider) Rewrap(ctx context.Context, w *WrappedKey, to *KEK) (*WrappedKey, error) {
+func (p *Provider) RewrapKey(ctx context.Context, w *WrappedKey, to *KEK) (*WrappedKey, error) {
 	if to == nil {
 		return nil, fmt.Errorf("rewrap: %w: nil kek", ErrInvalidInput)
 	}

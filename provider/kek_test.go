@@ -178,12 +178,12 @@ func TestKEKVersionsAndRewrap(t *testing.T) {
 	require.NoError(t, err)
 
 	// Rewrap to the new version and to another KEK kind: the key stays the same.
-	newBlob, err := p.Rewrap(bg, oldBlob, newest)
+	newBlob, err := p.RewrapKey(bg, oldBlob, newest)
 	require.NoError(t, err)
 	assert.Equal(t, v2.ID, newBlob.KEKID)
 	otherKEK, err := p.KEKByID(bg, other.ID)
 	require.NoError(t, err)
-	rsaBlob, err := p.Rewrap(bg, newBlob, otherKEK)
+	rsaBlob, err := p.RewrapKey(bg, newBlob, otherKEK)
 	require.NoError(t, err)
 	sealed, err := k.Seal(bg, []byte("same key"), nil)
 	require.NoError(t, err)
@@ -196,7 +196,7 @@ func TestKEKVersionsAndRewrap(t *testing.T) {
 	}
 	before, err := p.CountSessionKeys(bg)
 	require.NoError(t, err)
-	_, err = p.Rewrap(bg, oldBlob, newest)
+	_, err = p.RewrapKey(bg, oldBlob, newest)
 	require.NoError(t, err)
 	after, err := p.CountSessionKeys(bg)
 	require.NoError(t, err)

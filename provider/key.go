@@ -69,6 +69,7 @@ type Key struct {
 	owner   *p11.Session
 	alg     Algorithm
 	created time.Time
+	id      [16]byte // random; names the key in its exported manifests
 	// exportable: generated under ExportTrusted, or unwrapped (the KEK's
 	// unwrap template makes it CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED).
 	exportable bool
@@ -109,7 +110,8 @@ func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
 
 // register records a new key, so that Close destroys it.
 func (p *Provider) register(k *Key) {
-	k.created = time.Now().UTC()
+	k.created = time.Now().UTC().Truncate(time.Second)
+	_, _ = rand.Read(k.id[:])
 	p.keysMu.Lock()
 	p.keys[k] = struct{}{}
 	p.keysMu.Unlock()
@@ -122,6 +124,10 @@ func (k *Key) Algorithm() Algorithm { return k.alg }
 // trusted KEK.
 func (k *Key) Exportable() bool { return k.exportable }
 
+// ID is a random identifier of the key, kept in its exported manifest, so
+// that an imported key has the ID it was exported with.
+func (k *Key) ID() [16]byte { return k.id }
+
 // Created is when the key was generated or unwrapped.
 func (k *Key) Created() time.Time { return k.created }
 
@@ -133,6 +139,40 @@ func (k *Key) String() string {
 // use runs fn with the key's object on a pooled session, translating a gone
 // session or object into ErrKeyLost.
 func (k *Key) use(ctx context.Context, op string, fn func(s *p11.Session) error) error {
+	return k.guard(op, func() error {
+		return k.p.do(ctx, func(s *p11.Session) error {
+			if k.owner.Dead() {
+				return ErrKeyLost
+			}
+			return fn(s)
+		})
+	})
+}
+
+// usePair is use with two sessions at once, for work that keeps two token
+// operations active (see Provider.Decrypt).
+func (k *Key) usePair(ctx context.Context, op string, fn func(a, b *p11.Session) error) error {
+	return k.guard(op, func() error {
+		a, b, err := k.p.pool.GetPair(ctx)
+		if err != nil {
+			return err
+		}
+		defer k.p.pool.PutPair(a, b)
+		if k.owner.Dead() {
+			return ErrKeyLost
+		}
+		err = fn(a, b)
+		if err != nil {
+			k.p.pool.CheckAny(err)
+		}
+		return err
+	})
+}
+
+// guard runs fn while the key may be used: the provider open, the key
+// neither destroyed nor lost. Errors that mean the key's session is gone
+// become ErrKeyLost.
+func (k *Key) guard(op string, fn func() error) error {
 	if k == nil {
 		return fmt.Errorf("%s: %w: nil key", op, ErrInvalidInput)
 	}
@@ -152,12 +192,7 @@ func (k *Key) use(ctx context.Context, op string, fn func(s *p11.Session) error)
 		k.markLost()
 		return fmt.Errorf("%s: %w", op, ErrKeyLost)
 	}
-	err := k.p.do(ctx, func(s *p11.Session) error {
-		if k.owner.Dead() {
-			return ErrKeyLost
-		}
-		return fn(s)
-	})
+	err := fn()
 	if err == nil {
 		return nil
 	}
@@ -233,8 +268,7 @@ func (k *Key) Open(ctx context.Context, sealed, additionalData []byte) ([]byte, 
 			// SoftHSM reports a failed tag check as CKR_GENERAL_ERROR; the
 			// standard answer is CKR_ENCRYPTED_DATA_INVALID (PKCS#11 v2.40
 			// mechanisms §2.12.3). In this context both mean "not authentic".
-			if code, _ := p11.CodeOf(err); code == pkcs11.CKR_GENERAL_ERROR ||
-				code == pkcs11.CKR_ENCRYPTED_DATA_INVALID || code == pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE {
+			if isAuthFailure(err) {
 				return fmt.Errorf("%w: %w", ErrAuthentication, err)
 			}
 			return err

@@ -3,6 +3,7 @@ package p11
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -39,6 +40,7 @@ type Pool struct {
 
 	idle  chan *Session // sessions ready for use
 	slots chan struct{} // one token per open session; capacity = max
+	pairs chan struct{} // holders of two sessions at once; capacity max/2
 	pin   func() ([]byte, error)
 
 	mu     sync.Mutex
@@ -60,6 +62,7 @@ func NewPool(mod *Module, slot uint, max int, pin func() ([]byte, error)) (*Pool
 		slot:  slot,
 		idle:  make(chan *Session, max),
 		slots: make(chan struct{}, max),
+		pairs: make(chan struct{}, max/2),
 		pin:   pin,
 		all:   map[*Session]struct{}{},
 	}
@@ -193,6 +196,40 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 	}
 }
 
+// GetPair returns two sessions, for work that needs two operations active
+// at once (a token runs one operation per session: SoftHSM answers
+// CKR_OPERATION_ACTIVE). At most max/2 callers hold pairs, so that pair
+// holders waiting for their second session cannot starve each other.
+func (p *Pool) GetPair(ctx context.Context) (*Session, *Session, error) {
+	if cap(p.pairs) == 0 {
+		return nil, nil, fmt.Errorf("%w: this needs two sessions at once and the pool holds %d", ErrInput, cap(p.slots))
+	}
+	select {
+	case p.pairs <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	a, err := p.Get(ctx)
+	if err != nil {
+		<-p.pairs
+		return nil, nil, err
+	}
+	b, err := p.Get(ctx)
+	if err != nil {
+		p.Put(a)
+		<-p.pairs
+		return nil, nil, err
+	}
+	return a, b, nil
+}
+
+// PutPair returns what GetPair gave.
+func (p *Pool) PutPair(a, b *Session) {
+	p.Put(a)
+	p.Put(b)
+	<-p.pairs
+}
+
 // Put returns s to the pool. A dead session is dropped and its place freed.
 func (p *Pool) Put(s *Session) {
 	if s.Dead() {
@@ -270,6 +307,36 @@ func (p *Pool) Check(s *Session, err error) (retry bool) {
 		return p.ensureLogin(s) == nil
 	}
 	return false
+}
+
+// CheckAny is Check for an error of work that used several sessions: the
+// sweep finds which of them died.
+func (p *Pool) CheckAny(err error) {
+	code, ok := CodeOf(err)
+	if !ok {
+		return
+	}
+	switch {
+	case SessionDead(code):
+		p.Sweep()
+	case code == pkcs11.CKR_USER_NOT_LOGGED_IN:
+		p.Sweep()
+		if s, err := p.anySession(); err == nil {
+			_ = p.ensureLogin(s)
+		}
+	}
+}
+
+// anySession returns some live session of the pool, for a login.
+func (p *Pool) anySession() (*Session, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for s := range p.all {
+		if !s.Dead() {
+			return s, nil
+		}
+	}
+	return nil, ErrPoolClosed
 }
 
 // Sweep probes every session of the pool with C_GetSessionInfo and marks

@@ -1,0 +1,144 @@
+package p11
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// KCV computes the key check value of an AES key on the token: the first
+// three bytes of AES-ECB of a zero block (the customary KCV; SoftHSM leaves
+// CKA_CHECK_VALUE empty on unwrapped keys, TOKEN-FACTS).
+func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
+	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}
+	if err := p.ctx().EncryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, wrapErr("C_EncryptInit", err)
+	}
+	out, err := p.ctx().Encrypt(s.h, make([]byte, 16))
+	if err != nil {
+		return nil, wrapErr("C_Encrypt", err)
+	}
+	if len(out) < 3 {
+		return nil, fmt.Errorf("token returned %d bytes for one aes block", len(out))
+	}
+	return out[:3], nil
+}
+
+// EncryptStream is a multi-part encryption in progress on one session
+// (PKCS#11 v2.40 §5.8, C_EncryptUpdate/C_EncryptFinal). The session may do
+// nothing else until Final or Abort.
+type EncryptStream struct {
+	p      *Pool
+	s      *Session
+	params *pkcs11.GCMParams
+	done   bool
+}
+
+// GCMEncrypt starts AES-GCM encryption under key with this nonce and AAD.
+// It is used for new messages and, with a message's own nonce, to recompute
+// the tag of a decrypted message (see CTRDecrypt).
+func (p *Pool) GCMEncrypt(s *Session, key Object, nonce, aad []byte) (*EncryptStream, error) {
+	if len(nonce) != NonceSize {
+		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
+	}
+	mech, params := gcmMech(nonce, aad)
+	if err := p.ctx().EncryptInit(s.h, mech, pkcs11.ObjectHandle(key)); err != nil {
+		params.Free()
+		return nil, wrapErr("C_EncryptInit", err)
+	}
+	return &EncryptStream{p: p, s: s, params: params}, nil
+}
+
+// Update encrypts one part; SoftHSM returns as many bytes as it is given.
+func (e *EncryptStream) Update(in []byte) ([]byte, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out, err := e.p.ctx().EncryptUpdate(e.s.h, in)
+	if err != nil {
+		e.finish()
+	}
+	return out, wrapErr("C_EncryptUpdate", err)
+}
+
+// Final ends the operation and returns what is left: the GCM tag (and any
+// buffered ciphertext before it).
+func (e *EncryptStream) Final() ([]byte, error) {
+	out, err := e.p.ctx().EncryptFinal(e.s.h)
+	e.finish()
+	return out, wrapErr("C_EncryptFinal", err)
+}
+
+// Abort ends an unfinished operation so the session can be reused.
+func (e *EncryptStream) Abort() {
+	if e.done {
+		return
+	}
+	// PKCS#11 v2.40 has no C_EncryptCancel; finishing is the portable way
+	// to end the operation (v3.0 §5.2 allows a NULL-buffer init too).
+	_, _ = e.p.ctx().EncryptFinal(e.s.h)
+	e.finish()
+}
+
+func (e *EncryptStream) finish() {
+	if !e.done {
+		e.done = true
+		e.params.Free()
+	}
+}
+
+// DecryptStream is a multi-part decryption in progress on one session.
+type DecryptStream struct {
+	p    *Pool
+	s    *Session
+	done bool
+}
+
+// CTRDecrypt starts AES-CTR decryption of a GCM ciphertext: the keystream of
+// GCM's CTR mode starts at inc32(J0) = nonce || 0x00000002 for a 96-bit
+// nonce (NIST SP 800-38D §7.1), with a 32-bit counter (PKCS#11 v2.40
+// mechanisms §2.11, CK_AES_CTR_PARAMS). Used for messages too large for the
+// token's one-shot GCM decryption, which buffers everything until the tag.
+func (p *Pool) CTRDecrypt(s *Session, key Object, nonce []byte) (*DecryptStream, error) {
+	if len(nonce) != NonceSize {
+		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
+	}
+	// CK_AES_CTR_PARAMS { CK_ULONG ulCounterBits; CK_BYTE cb[16]; }
+	params := make([]byte, 8+16)
+	binary.NativeEndian.PutUint64(params, 32)
+	copy(params[8:], nonce)
+	binary.BigEndian.PutUint32(params[8+12:], 2)
+	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CTR, params)}
+	if err := p.ctx().DecryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, wrapErr("C_DecryptInit", err)
+	}
+	return &DecryptStream{p: p, s: s}, nil
+}
+
+// Update decrypts one part.
+func (d *DecryptStream) Update(in []byte) ([]byte, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out, err := d.p.ctx().DecryptUpdate(d.s.h, in)
+	if err != nil {
+		d.done = true
+	}
+	return out, wrapErr("C_DecryptUpdate", err)
+}
+
+// Final ends the operation.
+func (d *DecryptStream) Final() ([]byte, error) {
+	d.done = true
+	out, err := d.p.ctx().DecryptFinal(d.s.h)
+	return out, wrapErr("C_DecryptFinal", err)
+}
+
+// Abort ends an unfinished operation.
+func (d *DecryptStream) Abort() {
+	if !d.done {
+		d.done = true
+		_, _ = d.p.ctx().DecryptFinal(d.s.h)
+	}
+}

@@ -1,0 +1,375 @@
+package provider
+
+// Encrypted messages: a CMS AuthEnvelopedData (id-data content) whose
+// content-encryption key is a fresh session key per message, wrapped for
+// each recipient; the content is encrypted by the token in a streaming
+// fashion, so a message of any size goes through in bounded memory.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/cms"
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
+)
+
+// ChunkSize is how much data one token call encrypts or decrypts in a
+// stream. On SoftHSM 64 KiB calls are about twice as fast per byte as 1 MiB
+// ones (TOKEN-FACTS; docs/performance.md).
+const ChunkSize = 64 << 10
+
+// oneShotLimit is the largest message decrypted with the token's own
+// AES-GCM decryption, which buffers the whole message inside the token
+// until it has checked the tag (SoftHSM does; PKCS#11 v2.40 mechanisms
+// §2.12.3 allows it). Larger messages are checked and decrypted in
+// streaming passes (see Decrypt).
+const oneShotLimit = 4 << 20
+
+// maxGCMContent is the most AES-GCM may encrypt under one nonce: 2^39-256
+// bits (NIST SP 800-38D §5.2.1.1).
+const maxGCMContent = (1<<39 - 256) / 8
+
+// Encrypt encrypts src for the KEKs in to and writes a CMS message to dst
+// (DER, or PEM with o.Armor). Each message gets a fresh session key, made on
+// the token, wrapped for each KEK, used for AES-GCM on the token, and
+// destroyed. size is the length of src when known (the message is then
+// definite-length DER), or -1 (indefinite-length BER, as openssl -stream
+// writes). Memory use does not grow with the size of src.
+func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, size int64, to []*KEK, o Options) (err error) {
+	if dst == nil || src == nil {
+		return fmt.Errorf("encrypt: %w: nil reader or writer", ErrInvalidInput)
+	}
+	if size > maxGCMContent {
+		return fmt.Errorf("encrypt: %w: %d bytes is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput, size)
+	}
+	if err := checkKEKs(to); err != nil {
+		return fmt.Errorf("encrypt: %w", err)
+	}
+	if p.cfg.ExportPolicy == ExportNone {
+		return fmt.Errorf("encrypt: %w: export policy none: message keys cannot be wrapped for recipients", ErrPolicy)
+	}
+	k, err := p.Generate(ctx, AES256)
+	if err != nil {
+		return fmt.Errorf("encrypt: %w", err)
+	}
+	defer k.Destroy(context.WithoutCancel(ctx))
+
+	out := dst
+	var armor io.WriteCloser
+	if o.Armor {
+		armor = cms.NewArmorWriter(dst)
+		out = armor
+	}
+	bw := bufio.NewWriterSize(out, 2*ChunkSize)
+	err = k.use(ctx, "encrypt", func(s *p11.Session) error {
+		h := &cms.Header{Algorithm: gcmOID(k.alg), Nonce: make([]byte, p11.NonceSize)}
+		var err error
+		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDData), o.Context, false); err != nil {
+			return err
+		}
+		for _, kek := range to {
+			r, err := p.recipientFor(s, k.obj, k.alg, kek)
+			if err != nil {
+				return err
+			}
+			h.Recipients = append(h.Recipients, r)
+		}
+		if _, err := rand.Read(h.Nonce); err != nil {
+			return err
+		}
+		k.seals.Add(1)
+		return p.encryptContent(ctx, s, k.obj, h, bw, src, size)
+	})
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil && armor != nil {
+		err = armor.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("encrypt: %w", mapCMS(err))
+	}
+	return nil
+}
+
+// encryptContent writes header, GCM ciphertext of src and trailer.
+func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.Object, h *cms.Header, w io.Writer, src io.Reader, size int64) error {
+	if err := cms.WriteHeader(w, h, size); err != nil {
+		return err
+	}
+	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
+	if err != nil {
+		return err
+	}
+	defer enc.Abort()
+	emit := func(c []byte) error {
+		if size >= 0 {
+			_, err := w.Write(c)
+			return err
+		}
+		return cms.WriteChunk(w, c)
+	}
+	buf := make([]byte, ChunkSize)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m, rerr := io.ReadFull(src, buf)
+		if m > 0 {
+			n += int64(m)
+			if size >= 0 && n > size {
+				return fmt.Errorf("%w: the input is longer than the %d bytes announced", ErrInvalidInput, size)
+			}
+			if n > maxGCMContent {
+				return fmt.Errorf("%w: the input is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput)
+			}
+			c, err := enc.Update(buf[:m])
+			if err != nil {
+				return err
+			}
+			if err := emit(c); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%w: the input is %d bytes, %d were announced", ErrInvalidInput, n, size)
+	}
+	last, err := enc.Final()
+	if err != nil {
+		return err
+	}
+	if len(last) < p11.TagSize {
+		return fmt.Errorf("token returned %d bytes at the end of a gcm encryption", len(last))
+	}
+	if err := emit(last[:len(last)-p11.TagSize]); err != nil {
+		return err
+	}
+	return cms.WriteTrailer(w, h, size, last[len(last)-p11.TagSize:])
+}
+
+// Decrypt decrypts a message made by Encrypt (or by openssl cms for a
+// recipient on this token) and writes the plaintext to dst. The message is
+// read from src (DER, BER or PEM), size bytes long. o.Context must equal the
+// encryption context the message was made with.
+//
+// No plaintext is written to dst unless the whole message authenticates:
+// a message up to 4 MiB is decrypted by the token's AES-GCM in one call;
+// a larger one is first checked (AES-CTR decryption and AES-GCM
+// re-encryption on the token, comparing the tag), then decrypted with AES-CTR
+// in a second pass. Memory use does not grow with the message. On error,
+// dst has received nothing.
+func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, size int64, o Options) error {
+	if dst == nil || src == nil {
+		return fmt.Errorf("decrypt: %w: nil reader or writer", ErrInvalidInput)
+	}
+	if size <= 0 {
+		return fmt.Errorf("decrypt: %w: empty input", ErrMalformed)
+	}
+	var head [64]byte
+	n, _ := src.ReadAt(head[:], 0)
+	if cms.IsArmored(head[:n]) {
+		f, fsize, err := unarmorToTemp(io.NewSectionReader(src, 0, size))
+		if err != nil {
+			return fmt.Errorf("decrypt: %w", err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		src, size = f, fsize
+	}
+	m, err := cms.Parse(src, size)
+	if err != nil {
+		return fmt.Errorf("decrypt: %w", mapCMS(err))
+	}
+	if err := p.decryptMessage(ctx, dst, m, o); err != nil {
+		return fmt.Errorf("decrypt: %w", err)
+	}
+	return nil
+}
+
+// unarmorToTemp decodes PEM into a temporary file (ciphertext only), so
+// that the message can be read at random offsets.
+func unarmorToTemp(r io.Reader) (*os.File, int64, error) {
+	f, err := os.CreateTemp("", "hsmkeys-der-*")
+	if err != nil {
+		return nil, 0, err
+	}
+	n, err := io.Copy(f, cms.NewUnarmorReader(r))
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, 0, mapCMS(err)
+	}
+	return f, n, nil
+}
+
+func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) error {
+	h := m.Header
+	if h.ContentType.Equal(cms.OIDKeyManifest) {
+		return fmt.Errorf("%w: this is an exported key; use Import", ErrUnsupported)
+	}
+	if !h.ContentType.Equal(cms.OIDData) {
+		return fmt.Errorf("%w: content type %v", ErrUnsupported, h.ContentType)
+	}
+	if h.ICVLen != 0 && h.ICVLen != p11.TagSize {
+		return fmt.Errorf("%w: a %d-byte gcm tag (hsmkeys checks 16-byte tags)", ErrUnsupported, h.ICVLen)
+	}
+	if len(h.Nonce) != p11.NonceSize {
+		return fmt.Errorf("%w: a %d-byte gcm nonce", ErrUnsupported, len(h.Nonce))
+	}
+	if err := checkContext(h, o.Context); err != nil {
+		return err
+	}
+	alg, err := algFromOID(h.Algorithm)
+	if err != nil {
+		return err
+	}
+	k, _, err := p.unwrapRecipient(ctx, h, alg)
+	if err != nil {
+		return err
+	}
+	defer k.Destroy(context.WithoutCancel(ctx))
+	if m.ContentLen <= oneShotLimit {
+		return p.decryptOneShot(ctx, dst, k, m)
+	}
+	return p.decryptStreaming(ctx, dst, k, m)
+}
+
+func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
+	sealed := make([]byte, m.ContentLen, m.ContentLen+int64(len(m.MAC)))
+	if _, err := io.ReadFull(m.Content(), sealed); err != nil {
+		return mapCMS(err)
+	}
+	sealed = append(sealed, m.MAC...)
+	var pt []byte
+	err := k.use(ctx, "decrypt", func(s *p11.Session) error {
+		var err error
+		pt, err = p.pool.OpenGCM(s, k.obj, m.Header.Nonce, m.Header.AAD(), sealed)
+		if err != nil && isAuthFailure(err) {
+			return fmt.Errorf("%w: %w", ErrAuthentication, err)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	_, err = dst.Write(pt)
+	clear(pt)
+	return err
+}
+
+// decryptStreaming checks the tag of a large message, then decrypts it.
+//
+// Pass 1, on two sessions at once: AES-CTR decryption from inc32(J0) gives
+// the plaintext, which AES-GCM encryption with the message's own nonce and
+// AAD turns back into the ciphertext and, at the end, the tag. The
+// plaintext is discarded. Pass 2, only if the tags match: AES-CTR again,
+// to dst. Every AES operation runs on the token under the session key; Go
+// sees plaintext only in 64 KiB pieces and never the key or the GHASH key.
+func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
+	h := m.Header
+	err := k.usePair(ctx, "decrypt", func(s1, s2 *p11.Session) error {
+		ctr, err := p.pool.CTRDecrypt(s1, k.obj, h.Nonce)
+		if err != nil {
+			return err
+		}
+		defer ctr.Abort()
+		gcm, err := p.pool.GCMEncrypt(s2, k.obj, h.Nonce, h.AAD())
+		if err != nil {
+			return err
+		}
+		defer gcm.Abort()
+		err = eachChunk(ctx, m.Content(), func(c []byte) error {
+			pt, err := ctr.Update(c)
+			if err != nil {
+				return err
+			}
+			again, err := gcm.Update(pt)
+			clear(pt)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(again, c) {
+				return errors.New("token aes-ctr and aes-gcm disagree about the keystream")
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := ctr.Final(); err != nil {
+			return err
+		}
+		last, err := gcm.Final()
+		if err != nil {
+			return err
+		}
+		if len(last) < p11.TagSize || subtle.ConstantTimeCompare(last[len(last)-p11.TagSize:], m.MAC) != 1 {
+			return fmt.Errorf("%w: gcm tag mismatch", ErrAuthentication)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return k.use(ctx, "decrypt", func(s *p11.Session) error {
+		ctr, err := p.pool.CTRDecrypt(s, k.obj, h.Nonce)
+		if err != nil {
+			return err
+		}
+		defer ctr.Abort()
+		err = eachChunk(ctx, m.Content(), func(c []byte) error {
+			pt, err := ctr.Update(c)
+			if err != nil {
+				return err
+			}
+			_, err = dst.Write(pt)
+			clear(pt)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		rest, err := ctr.Final()
+		if err == nil && len(rest) > 0 {
+			_, err = dst.Write(rest)
+		}
+		return err
+	})
+}
+
+// eachChunk reads r in ChunkSize pieces.
+func eachChunk(ctx context.Context, r io.Reader, fn func([]byte) error) error {
+	buf := make([]byte, ChunkSize)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if err := fn(buf[:n]); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return mapCMS(err)
+		}
+	}
+}

@@ -192,9 +192,9 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 	require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrUnsupported)
 
 	for name, in := range map[string][]byte{
-		"empty":   nil,
-		"garbage": []byte("not a cms message at all"),
-		"huge":    make([]byte, MaxBlobSize+1),
+		"empty":    nil,
+		"garbage":  []byte("not a cms message at all"),
+		"huge":     make([]byte, MaxBlobSize+1),
 		"pem junk": []byte("-----BEGIN CMS-----\n!!!!\n-----END CMS-----\n"),
 	} {
 		_, err := p.Import(bg, in, Options{})

@@ -707,3 +707,35 @@ func TestAttackerChild(t *testing.T) {
 	require.NoError(t, err)
 	fmt.Printf("RESULT %s\n", out)
 }
+
+func TestDoctor(t *testing.T) {
+	a := openAdmin(t)
+	good := makeKEK(t, a, uniqueName(t, "doctor-good"), KEKAES128)
+	raw := openRaw(t)
+	label := uniqueName(t, "doctor-bad")
+	h, err := raw.ctx.GenerateKey(raw.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 16), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_WRAP, true), pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+	})
+	require.NoError(t, err)
+	defer raw.ctx.DestroyObject(raw.s, h)
+	p := openProvider(t)
+	checks, err := p.Doctor(bg)
+	require.NoError(t, err)
+	byName := map[string]EnforcementCheck{}
+	for _, c := range checks {
+		byName[c.Name] = c
+	}
+	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template", "session key", "kek " + good.Label + " v1"} {
+		require.Contains(t, byName, name)
+		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
+	}
+	bad := byName["kek "+label+" v0"]
+	assert.False(t, bad.OK)
+	assert.Contains(t, bad.Detail, "CKA_ENCRYPT")
+	before := raw.sessionKeys(t)
+	_, err = p.Doctor(bg)
+	require.NoError(t, err)
+	assert.Equal(t, before, raw.sessionKeys(t), "doctor leaves nothing behind")
+}

@@ -1,0 +1,159 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
+	"github.com/miekg/pkcs11"
+)
+
+// Doctor checks, for real, whether this token can keep hsmkeys' promises:
+// the mechanisms it needs, trusted-only wrapping and both templates (with
+// throw-away session objects), a session key's life (generate, seal, open,
+// tamper, destroy), and every KEK on the token (its attributes, and a wrap
+// and unwrap with a throw-away key where the KEK can unwrap). It changes
+// nothing on the token. The provider may be opened with ExportNone so that
+// Doctor can run on a token that would fail Open under ExportTrusted.
+func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
+	if err := p.begin(); err != nil {
+		return nil, err
+	}
+	p.end()
+	var out []EnforcementCheck
+	add := func(name string, ok bool, format string, a ...any) {
+		out = append(out, EnforcementCheck{Name: name, OK: ok, Detail: fmt.Sprintf(format, a...)})
+	}
+
+	mechs, err := p.mod.Mechanisms(p.token.Slot)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	for _, m := range []struct {
+		t    uint
+		name string
+		why  string
+	}{
+		{pkcs11.CKM_AES_KEY_GEN, "CKM_AES_KEY_GEN", "session keys"},
+		{pkcs11.CKM_AES_GCM, "CKM_AES_GCM", "seal, open, messages"},
+		{pkcs11.CKM_AES_CTR, "CKM_AES_CTR", "streaming decryption of large messages"},
+		{pkcs11.CKM_AES_ECB, "CKM_AES_ECB", "key check values"},
+		{pkcs11.CKM_AES_KEY_WRAP, "CKM_AES_KEY_WRAP", "aes keks (RFC 3394)"},
+		{pkcs11.CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", "rsa keks"},
+		{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", "creating rsa keks"},
+	} {
+		ok := slices.Contains(mechs, m.t)
+		detail := "offered (" + m.why + ")"
+		if !ok {
+			detail = "missing: no " + m.why
+		}
+		add("mechanism "+m.name, ok, "%s", detail)
+	}
+
+	if err := p.begin(); err != nil {
+		return nil, err
+	}
+	err = p.do(ctx, func(s *p11.Session) error {
+		for _, r := range p.pool.CheckEnforcement(s) {
+			add(r.Name, r.OK, "%s", r.Detail)
+		}
+		return nil
+	})
+	p.end()
+	if err != nil {
+		return nil, mapErr(err)
+	}
+
+	// A session key's life, through the public API.
+	lifeErr := func() error {
+		k, err := p.Generate(ctx, AES256)
+		if err != nil {
+			return err
+		}
+		defer k.Destroy(ctx)
+		sealed, err := k.Seal(ctx, []byte("doctor"), []byte("aad"))
+		if err != nil {
+			return err
+		}
+		if pt, err := k.Open(ctx, sealed, []byte("aad")); err != nil || !bytes.Equal(pt, []byte("doctor")) {
+			return fmt.Errorf("open after seal: %v", err)
+		}
+		sealed[len(sealed)-1] ^= 1
+		if _, err := k.Open(ctx, sealed, []byte("aad")); !errors.Is(err, ErrAuthentication) {
+			return fmt.Errorf("a tampered message was not refused: %v", err)
+		}
+		if err := k.Destroy(ctx); err != nil {
+			return err
+		}
+		if _, err := k.Seal(ctx, nil, nil); !errors.Is(err, ErrKeyDestroyed) {
+			return fmt.Errorf("a destroyed key still answered: %v", err)
+		}
+		return nil
+	}()
+	if lifeErr != nil {
+		add("session key", false, "%v", lifeErr)
+	} else {
+		add("session key", true, "generate, seal, open, tamper refused, destroy")
+	}
+
+	keks, err := p.KEKs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, kek := range keks {
+		name := fmt.Sprintf("kek %s v%d", kek.Label, kek.Version)
+		if len(kek.Problems) > 0 {
+			add(name, false, "refused: %s", joinProblems(kek.Problems))
+			continue
+		}
+		if p.cfg.ExportPolicy != ExportTrusted {
+			add(name, true, "attributes as required (wrap not tried under export policy none)")
+			continue
+		}
+		if err := p.tryKEK(ctx, kek); err != nil {
+			add(name, false, "%v", err)
+			continue
+		}
+		if kek.CanUnwrap() {
+			add(name, true, "attributes as required; wrap and unwrap work")
+		} else {
+			add(name, true, "attributes as required; wrap works (no unwrapping half here)")
+		}
+	}
+	return out, nil
+}
+
+func joinProblems(ps []string) string {
+	var b bytes.Buffer
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+// tryKEK wraps a throw-away key under kek and, where possible, unwraps it.
+func (p *Provider) tryKEK(ctx context.Context, kek *KEK) error {
+	k, err := p.Generate(ctx, AES128)
+	if err != nil {
+		return err
+	}
+	defer k.Destroy(ctx)
+	w, err := p.Wrap(ctx, k, kek)
+	if err != nil {
+		return err
+	}
+	if !kek.CanUnwrap() {
+		return nil
+	}
+	back, err := p.unwrapUnder(ctx, w, kek)
+	if err != nil {
+		return err
+	}
+	return back.Destroy(ctx)
+}

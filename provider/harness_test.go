@@ -6,6 +6,7 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -45,10 +46,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if os.Getenv("HSMKEYS_ATTACKER") != "" {
-		// The child of TestAttackers uses its parent's token.
+	switch {
+	case os.Getenv("HSMKEYS_ATTACKER") != "":
+		// The child of TestAttackers uses its parent's token, its own way.
 		tok.err = fmt.Errorf("attacker child process")
-	} else {
+	case os.Getenv("HSMKEYS_TEST_TOKEN") != "":
+		// A child process of a test: the parent's token.
+		tok.err = adoptToken(os.Getenv("HSMKEYS_TEST_TOKEN"))
+	default:
 		tok.err = setupToken(dir)
 	}
 	code := m.Run()
@@ -112,6 +117,33 @@ func setupToken(dir string) error {
 		}
 	}
 	return fmt.Errorf("initialised token %q not listed", tok.label)
+}
+
+// childEnv is the environment for a child process (the test binary run
+// again) that must use this process's token.
+func childEnv(extra ...string) []string {
+	b, _ := json.Marshal(map[string]any{
+		"module": tok.module, "label": tok.label, "serial": tok.serial, "slot": tok.slot,
+		"user": tok.userPIN, "so": tok.soPIN, "pinfile": tok.pinFile,
+	})
+	return append(append(os.Environ(), "HSMKEYS_TEST_TOKEN="+string(b)), extra...)
+}
+
+func adoptToken(spec string) error {
+	var v struct {
+		Module, Label, Serial, User, SO, PINFile string
+		Slot                                     uint
+	}
+	if err := json.Unmarshal([]byte(spec), &v); err != nil {
+		return err
+	}
+	tok.module, tok.label, tok.serial, tok.slot = v.Module, v.Label, v.Serial, v.Slot
+	tok.userPIN, tok.soPIN, tok.pinFile = v.User, v.SO, v.PINFile
+	anchor := pkcs11.New(tok.module)
+	if anchor == nil {
+		return fmt.Errorf("cannot load %s", tok.module)
+	}
+	return anchor.Initialize()
 }
 
 // needToken skips a test when there is no SoftHSM, except in CI, where a

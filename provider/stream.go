@@ -274,7 +274,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 
 // decryptStreaming checks the tag of a large message, then decrypts it.
 //
-// Pass 1, on two sessions at once: AES-CTR decryption from inc32(J0) gives
+// Pass 1, on two sessions at once: AES-CTR from inc32(J0) gives
 // the plaintext, which AES-GCM encryption with the message's own nonce and
 // AAD turns back into the ciphertext and, at the end, the tag. The
 // plaintext is discarded. Pass 2, only if the tags match: AES-CTR again,
@@ -283,7 +283,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
 	h := m.Header
 	err := k.usePair(ctx, "decrypt", func(s1, s2 *p11.Session) error {
-		ctr, err := p.pool.CTRDecrypt(s1, k.obj, h.Nonce)
+		ctr, err := p.pool.CTR(s1, k.obj, h.Nonce)
 		if err != nil {
 			return err
 		}
@@ -327,7 +327,7 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 		return err
 	}
 	return k.use(ctx, "decrypt", func(s *p11.Session) error {
-		ctr, err := p.pool.CTRDecrypt(s, k.obj, h.Nonce)
+		ctr, err := p.pool.CTR(s, k.obj, h.Nonce)
 		if err != nil {
 			return err
 		}

@@ -84,23 +84,20 @@ func (e *EncryptStream) Abort() {
 func (e *EncryptStream) finish() {
 	if !e.done {
 		e.done = true
-		e.params.Free()
+		if e.params != nil {
+			e.params.Free()
+		}
 	}
 }
 
-// DecryptStream is a multi-part decryption in progress on one session.
-type DecryptStream struct {
-	p    *Pool
-	s    *Session
-	done bool
-}
-
-// CTRDecrypt starts AES-CTR decryption of a GCM ciphertext: the keystream of
-// GCM's CTR mode starts at inc32(J0) = nonce || 0x00000002 for a 96-bit
-// nonce (NIST SP 800-38D §7.1), with a 32-bit counter (PKCS#11 v2.40
-// mechanisms §2.11, CK_AES_CTR_PARAMS). Used for messages too large for the
-// token's one-shot GCM decryption, which buffers everything until the tag.
-func (p *Pool) CTRDecrypt(s *Session, key Object, nonce []byte) (*DecryptStream, error) {
+// CTR starts AES-CTR over a GCM ciphertext, which gives its plaintext:
+// the keystream of GCM's CTR mode starts at inc32(J0) = nonce || 0x00000002
+// for a 96-bit nonce (NIST SP 800-38D §7.1), with a 32-bit counter (PKCS#11
+// v2.40 mechanisms §2.11, CK_AES_CTR_PARAMS). It runs as an encryption (CTR
+// is its own inverse) because SoftHSM 2.6.1 keeps every part of a
+// multi-part C_DecryptUpdate in memory until C_DecryptFinal, CTR included
+// (measured: 64 MiB in, 150 MB resident), while C_EncryptUpdate streams.
+func (p *Pool) CTR(s *Session, key Object, nonce []byte) (*EncryptStream, error) {
 	if len(nonce) != NonceSize {
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
 	}
@@ -110,35 +107,8 @@ func (p *Pool) CTRDecrypt(s *Session, key Object, nonce []byte) (*DecryptStream,
 	copy(params[8:], nonce)
 	binary.BigEndian.PutUint32(params[8+12:], 2)
 	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CTR, params)}
-	if err := p.ctx().DecryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
-		return nil, wrapErr("C_DecryptInit", err)
+	if err := p.ctx().EncryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, wrapErr("C_EncryptInit", err)
 	}
-	return &DecryptStream{p: p, s: s}, nil
-}
-
-// Update decrypts one part.
-func (d *DecryptStream) Update(in []byte) ([]byte, error) {
-	if len(in) == 0 {
-		return nil, nil
-	}
-	out, err := d.p.ctx().DecryptUpdate(d.s.h, in)
-	if err != nil {
-		d.done = true
-	}
-	return out, wrapErr("C_DecryptUpdate", err)
-}
-
-// Final ends the operation.
-func (d *DecryptStream) Final() ([]byte, error) {
-	d.done = true
-	out, err := d.p.ctx().DecryptFinal(d.s.h)
-	return out, wrapErr("C_DecryptFinal", err)
-}
-
-// Abort ends an unfinished operation.
-func (d *DecryptStream) Abort() {
-	if !d.done {
-		d.done = true
-		_, _ = d.p.ctx().DecryptFinal(d.s.h)
-	}
+	return &EncryptStream{p: p, s: s}, nil
 }

@@ -431,7 +431,7 @@ func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options
 
 // Recipient describes one recipient of a message or exported key.
 type Recipient struct {
-	Kind         string // "kek" (KEKRecipientInfo) or "ktri" (KeyTransRecipientInfo)
+	Kind         string // "kek" (KEKRecipientInfo), "ktri" (KeyTransRecipientInfo) or "other" (not usable by hsmkeys)
 	KEKID        []byte // kek: the KEK's CKA_ID
 	SubjectKeyID []byte // ktri: the RSA key's subject key identifier
 	Algorithm    string // key wrap or transport algorithm
@@ -490,6 +490,8 @@ func inspectMessage(m *cms.Message, format string) (*Info, error) {
 		case *cms.KeyTransRecipient:
 			info.Recipients = append(info.Recipients, Recipient{Kind: "ktri", SubjectKeyID: r.SubjectKeyID,
 				Algorithm: "rsaes-oaep-" + strings.ToLower(strings.ReplaceAll(r.Hash.String(), "-", ""))})
+		case *cms.OtherRecipient:
+			info.Recipients = append(info.Recipients, Recipient{Kind: "other", Algorithm: r.Reason})
 		}
 	}
 	return info, nil

@@ -343,6 +343,8 @@ func TestOpenSSLInterop(t *testing.T) {
 			{"-secretkey", secretKey, "-secretkeyid", secretID, "-binary", "-outform", "DER", "-stream"},
 			{"-secretkey", secretKey, "-secretkeyid", secretID, "-binary", "-outform", "PEM"},
 			{"-recip", tokenCert, "-keyid", "-keyopt", "rsa_padding_mode:oaep", "-binary", "-outform", "DER"},
+			// A recipient we cannot use (issuer and serial) beside one we can.
+			{"-recip", certPEM, "-secretkey", secretKey, "-secretkeyid", secretID, "-binary", "-outform", "DER"},
 		} {
 			if size == 0 && extra[len(extra)-1] == "-stream" {
 				continue // openssl 3.0 cannot stream an empty input

@@ -2,9 +2,11 @@ package cms
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"iter"
+	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -138,6 +140,7 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 	if s := cryptobyte.String(raw); !s.ReadASN1(&set, cbasn1.SET) || !s.Empty() {
 		return 0, malformed("bad recipientInfos")
 	}
+	var unknown []string
 	for !set.Empty() {
 		var ri cryptobyte.String
 		var tag cbasn1.Tag
@@ -148,13 +151,21 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 			return 0, unsupported("more than %d recipients", maxRecipients)
 		}
 		rcp, err := parseRecipient(ri)
-		if err != nil {
+		if errors.Is(err, ErrUnsupported) {
+			// RFC 5652 §6.1: a recipient picks its own RecipientInfo; the
+			// others need not be understood.
+			rcp = &OtherRecipient{Reason: err.Error(), Raw: bytes.Clone(ri)}
+			unknown = append(unknown, err.Error())
+		} else if err != nil {
 			return 0, err
 		}
 		h.Recipients = append(h.Recipients, rcp)
 	}
 	if len(h.Recipients) == 0 {
 		return 0, malformed("no recipients")
+	}
+	if len(unknown) == len(h.Recipients) {
+		return 0, unsupported("no supported recipient: %s", strings.Join(unknown, "; "))
 	}
 	pos = t.end()
 

@@ -22,6 +22,25 @@ type Recipient interface {
 	marshal(b *cryptobyte.Builder, cekLen int) error
 }
 
+// OtherRecipient is a well-formed RecipientInfo this package does not
+// handle (key agreement, password, an issuer-and-serial KTRI, ...). Parse
+// keeps it, so that a message with one recipient we can use and others we
+// cannot still opens; Marshal writes it back as it was.
+type OtherRecipient struct {
+	// Reason says why it is not handled.
+	Reason string
+	// Raw is the DER of the RecipientInfo.
+	Raw []byte
+}
+
+func (r *OtherRecipient) marshal(b *cryptobyte.Builder, _ int) error {
+	if len(r.Raw) == 0 {
+		return malformed("empty other recipient")
+	}
+	b.AddBytes(r.Raw)
+	return nil
+}
+
 // KEKRecipient is a KEKRecipientInfo (RFC 5652 §6.2.3): the
 // content-encryption key wrapped under a symmetric key-encryption key.
 type KEKRecipient struct {

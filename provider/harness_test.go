@@ -7,6 +7,7 @@ package provider
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,6 +56,13 @@ func TestMain(m *testing.M) {
 		tok.err = adoptToken(os.Getenv("HSMKEYS_TEST_TOKEN"))
 	default:
 		tok.err = setupToken(dir)
+		switch flag.Parse(); {
+		case tok.err != nil:
+		case flag.Lookup("test.bench").Value.String() != "":
+			tok.err = setupBench() // crypto11 holds the module
+		default:
+			tok.err = anchorModule()
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -95,16 +103,6 @@ func setupToken(dir string) error {
 		return err
 	}
 	tok.serial = t.Serial
-	// Keep the library initialised for the whole run, as an application
-	// that loaded it first would: providers then never finalise it, and the
-	// raw handles of the tests stay valid.
-	anchor := pkcs11.New(tok.module)
-	if anchor == nil {
-		return fmt.Errorf("cannot load %s", tok.module)
-	}
-	if err := anchor.Initialize(); err != nil {
-		return err
-	}
 	// SoftHSM renumbers slots once a token is initialised: look it up.
 	ts, err := Tokens(tok.module)
 	if err != nil {
@@ -139,6 +137,13 @@ func adoptToken(spec string) error {
 	}
 	tok.module, tok.label, tok.serial, tok.slot = v.Module, v.Label, v.Serial, v.Slot
 	tok.userPIN, tok.soPIN, tok.pinFile = v.User, v.SO, v.PINFile
+	return anchorModule()
+}
+
+// anchorModule keeps the library initialised for the whole run, as an
+// application that loaded it first would: providers then never finalise
+// it, and the raw handles of the tests stay valid.
+func anchorModule() error {
 	anchor := pkcs11.New(tok.module)
 	if anchor == nil {
 		return fmt.Errorf("cannot load %s", tok.module)

@@ -379,4 +379,3 @@ func BenchmarkEncryptStream(b *testing.B) {
 		}
 	})
 }
-

@@ -316,7 +316,7 @@ func (k *Key) destroy(ctx context.Context, unregister bool) error {
 		}
 		return k.p.pool.Destroy(s, k.obj)
 	})
-	if code, _ := p11.CodeOf(err); code == pkcs11.CKR_OBJECT_HANDLE_INVALID {
+	if code, _ := p11.CodeOf(err); code == pkcs11.CKR_OBJECT_HANDLE_INVALID || k.owner.Dead() {
 		return nil // gone with its session
 	}
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -25,6 +26,10 @@ func (s *Session) Dead() bool { return s.dead.Load() }
 // Handle is the raw session handle, for the few callers (ckraw) that make
 // PKCS#11 calls outside miekg.
 func (s *Session) Handle() uint { return uint(s.h) }
+
+// sessionCountRetry is how often a caller waiting at the token's session
+// limit tries to open a session again.
+const sessionCountRetry = 50 * time.Millisecond
 
 // ErrPoolClosed is returned by Get after Close.
 var ErrPoolClosed = errors.New("session pool closed")
@@ -87,6 +92,17 @@ func (p *Pool) ctx() *pkcs11.Ctx { return p.mod.ctx }
 // open opens a session and makes sure the application is logged in. The
 // caller holds a token in p.slots.
 func (p *Pool) open() (*Session, error) {
+	s, err := p.openOnce()
+	if code, _ := CodeOf(err); code == pkcs11.CKR_SESSION_HANDLE_INVALID || code == pkcs11.CKR_SESSION_CLOSED {
+		// Closed before its first use (a token restart between
+		// C_OpenSession and the login check): nothing was lost, open
+		// another.
+		s, err = p.openOnce()
+	}
+	return s, err
+}
+
+func (p *Pool) openOnce() (*Session, error) {
 	h, err := p.ctx().OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, wrapErr("C_OpenSession", err)
@@ -110,6 +126,10 @@ func (p *Pool) open() (*Session, error) {
 // ensureLogin logs in through s unless the application already is. A PIN the
 // token rejected is never tried twice.
 func (p *Pool) ensureLogin(s *Session) error {
+	// The state is read under mu: sessions opened at once after a lost
+	// login then send one C_Login between them, not one each.
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	info, err := p.ctx().GetSessionInfo(s.h)
 	if err != nil {
 		return wrapErr("C_GetSessionInfo", err)
@@ -117,8 +137,6 @@ func (p *Pool) ensureLogin(s *Session) error {
 	if info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS {
 		return nil
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.pinErr != nil {
 		return p.pinErr
 	}
@@ -169,12 +187,19 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 				s, err = p.open()
 				if err != nil {
 					<-p.slots
-					if code, _ := CodeOf(err); code == pkcs11.CKR_SESSION_COUNT && p.Open() > 0 {
-						// The token holds fewer sessions than we may: wait
-						// for one of ours instead (PKCS#11 v2.40 §5.6).
+					if code, _ := CodeOf(err); code == pkcs11.CKR_SESSION_COUNT && len(p.slots) > 0 {
+						// The token holds fewer sessions than we may, and
+						// some of ours are open or being opened: wait for
+						// one (PKCS#11 v2.40 §5.6). Ours may die instead of
+						// coming back, so try to open again now and then.
+						retry := time.NewTimer(sessionCountRetry)
 						select {
 						case s = <-p.idle:
+							retry.Stop()
+						case <-retry.C:
+							continue
 						case <-ctx.Done():
+							retry.Stop()
 							return nil, ctx.Err()
 						}
 						break

@@ -369,6 +369,35 @@ func wrapAlgIndex(der []byte) int {
 
 // oidDERorNil is oidDER for values that come from callers.
 func oidDERorNil(o asn1.ObjectIdentifier) []byte {
+	for _, k := range knownOIDs {
+		if o.Equal(k.oid) {
+			return k.der // callers copy it into a builder; never modified
+		}
+	}
+	return oidDERSlow(o)
+}
+
+// knownOIDs caches the DER of the algorithm identifiers written on every
+// message (the generic conversion costs microseconds per call).
+var knownOIDs = func() []struct {
+	oid asn1.ObjectIdentifier
+	der []byte
+} {
+	var out []struct {
+		oid asn1.ObjectIdentifier
+		der []byte
+	}
+	for _, o := range []asn1.ObjectIdentifier{OIDAES128GCM, OIDAES256GCM, OIDAES128Wrap, OIDAES192Wrap,
+		OIDAES256Wrap, OIDAES128WrapPad, OIDAES192WrapPad, OIDAES256WrapPad, OIDRSAESOAEP} {
+		out = append(out, struct {
+			oid asn1.ObjectIdentifier
+			der []byte
+		}{o, oidDERSlow(o)})
+	}
+	return out
+}()
+
+func oidDERSlow(o asn1.ObjectIdentifier) []byte {
 	x, err := x509.OIDFromASN1OID(o)
 	if err != nil {
 		return nil

@@ -210,6 +210,10 @@ func WriteHeader(w io.Writer, h *Header, contentLen int64) error {
 	if err != nil {
 		return err
 	}
+	return e.writeHeader(w, contentLen)
+}
+
+func (e *encodedHeader) writeHeader(w io.Writer, contentLen int64) error {
 	if contentLen > maxContentLen {
 		return fmt.Errorf("cms: content length %d too large", contentLen)
 	}
@@ -236,7 +240,7 @@ func WriteHeader(w io.Writer, h *Header, contentLen int64) error {
 	} else {
 		b = appendHeader(b, tagCtx0Con, -1)
 	}
-	_, err = w.Write(b)
+	_, err := w.Write(b)
 	return err
 }
 
@@ -263,6 +267,10 @@ func WriteTrailer(w io.Writer, h *Header, contentLen int64, mac []byte) error {
 	if err != nil {
 		return err
 	}
+	return e.writeTrailer(w, contentLen, mac)
+}
+
+func (e *encodedHeader) writeTrailer(w io.Writer, contentLen int64, mac []byte) error {
 	if len(mac) != e.icvLen {
 		return fmt.Errorf("cms: MAC is %d bytes, want %d", len(mac), e.icvLen)
 	}
@@ -277,20 +285,25 @@ func WriteTrailer(w io.Writer, h *Header, contentLen int64, mac []byte) error {
 	if contentLen < 0 {
 		b = append(b, 0, 0, 0, 0, 0, 0) // ends AuthEnvelopedData, [0], ContentInfo
 	}
-	_, err = w.Write(b)
+	_, err := w.Write(b)
 	return err
 }
 
 // Marshal returns the DER message with header h, encrypted content content
 // and MAC mac. It is meant for small messages such as exported keys.
 func Marshal(h *Header, content, mac []byte) ([]byte, error) {
+	e, err := h.encode()
+	if err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
+	buf.Grow(128 + len(e.recipients) + len(e.attrs) + len(content) + len(mac))
 	n := int64(len(content))
-	if err := WriteHeader(&buf, h, n); err != nil {
+	if err := e.writeHeader(&buf, n); err != nil {
 		return nil, err
 	}
 	buf.Write(content)
-	if err := WriteTrailer(&buf, h, n, mac); err != nil {
+	if err := e.writeTrailer(&buf, n, mac); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

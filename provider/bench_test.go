@@ -103,6 +103,18 @@ func BenchmarkGenerate(b *testing.B) {
 			}
 		}
 	})
+	b.Run("provider-checkfirst", func(b *testing.B) {
+		p := openProvider(b, func(c *Config) { c.MaxSessions = 1; c.PolicyCheck = CheckFirstKey })
+		for b.Loop() {
+			k, err := p.Generate(bg, AES256)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := k.Destroy(bg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("raw", func(b *testing.B) {
 		r := openRaw(b)
 		for b.Loop() {

@@ -38,10 +38,27 @@ type Config struct {
 	// ExportPolicy says whether session keys may leave the token wrapped
 	// (default ExportTrusted: only under SO-trusted KEKs, checked at Open).
 	ExportPolicy ExportPolicy
+	// PolicyCheck says which generated keys have their policy attributes
+	// read back (default CheckEveryKey). Unwrapped keys are always checked.
+	PolicyCheck PolicyCheck
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
 }
+
+// PolicyCheck says how often Generate reads back a new key's attributes.
+type PolicyCheck int
+
+const (
+	// CheckEveryKey reads back the policy attributes of every key Generate
+	// makes, and destroys a key the token did not make as asked. It costs
+	// one C_GetAttributeValue per key (on SoftHSM a third of Generate).
+	CheckEveryKey PolicyCheck = iota
+	// CheckFirstKey reads back the first key of each kind this provider
+	// makes and, if the token applied every attribute, trusts it with the
+	// same template afterwards. For tokens where a round trip is dear.
+	CheckFirstKey
+)
 
 // DefaultMaxSessions is the pool size when Config.MaxSessions is zero.
 const DefaultMaxSessions = 16

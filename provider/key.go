@@ -93,14 +93,23 @@ func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
 	defer p.end()
 	exportable := p.cfg.ExportPolicy == ExportTrusted
 	k := &Key{p: p, alg: alg, exportable: exportable}
+	spec := p11.SecretKeySpec{Bytes: n, Extractable: exportable, WrapWithTrusted: exportable}
+	verify := true
+	if p.cfg.PolicyCheck == CheckFirstKey {
+		_, checked := p.checkedSpecs.Load(spec)
+		verify = !checked
+	}
 	err := p.do(ctx, func(s *p11.Session) error {
-		obj, err := p.pool.GenerateAES(s, p11.SecretKeySpec{Bytes: n, Extractable: exportable, WrapWithTrusted: exportable})
+		obj, err := p.pool.GenerateAESChecked(s, spec, verify)
 		if err != nil {
 			return err
 		}
 		k.obj, k.owner = obj, s
 		return nil
 	})
+	if err == nil && verify {
+		p.checkedSpecs.Store(spec, true)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("generate %v: %w", alg, mapErr(err))
 	}

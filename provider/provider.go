@@ -46,6 +46,8 @@ type Provider struct {
 
 	pin []byte // kept to restore a lost login once; cleared by Close
 
+	checkedSpecs sync.Map // p11.SecretKeySpec -> true once read back (CheckFirstKey)
+
 	keks   kekCache
 	oaepMu sync.Mutex
 	oaep   WrapMechanism // the OAEP variant the token accepted, once known
@@ -106,6 +108,9 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 	if cfg.ExportPolicy != ExportTrusted && cfg.ExportPolicy != ExportNone {
 		return nil, fmt.Errorf("%w: export policy %v", ErrConfig, cfg.ExportPolicy)
+	}
+	if cfg.PolicyCheck != CheckEveryKey && cfg.PolicyCheck != CheckFirstKey {
+		return nil, fmt.Errorf("%w: policy check %d", ErrConfig, cfg.PolicyCheck)
 	}
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey

@@ -576,3 +576,20 @@ func TestConcurrentUse(t *testing.T) {
 	assert.Equal(t, 0, p.pool.Open(), "no sessions leaked")
 	goleak.VerifyNone(t, leaks)
 }
+
+func TestPolicyCheckFirstKey(t *testing.T) {
+	p := openProvider(t, func(c *Config) { c.PolicyCheck = CheckFirstKey })
+	raw := openRaw(t)
+	for i := 0; i < 3; i++ {
+		k, err := p.Generate(bg, AES256)
+		require.NoError(t, err)
+		got := raw.bools(t, uint(k.obj), pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_WRAP_WITH_TRUSTED)
+		assert.Equal(t, map[uint]bool{pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: true, pkcs11.CKA_WRAP_WITH_TRUSTED: true}, got)
+	}
+	_, checked := p.checkedSpecs.Load(p11.SecretKeySpec{Bytes: 32, Extractable: true, WrapWithTrusted: true})
+	assert.True(t, checked, "the first key's policy was read back")
+	_, checked = p.checkedSpecs.Load(p11.SecretKeySpec{Bytes: 16, Extractable: true, WrapWithTrusted: true})
+	assert.False(t, checked, "a kind not made yet is not marked")
+	_, err := Open(bg, Config{Module: tok.module, TokenLabel: tok.label, PIN: PINValue([]byte(tok.userPIN)), PolicyCheck: PolicyCheck(9)})
+	require.ErrorIs(t, err, ErrConfig)
+}

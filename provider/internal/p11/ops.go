@@ -87,6 +87,12 @@ func sessionKeyPolicy(spec SecretKeySpec) []boolAttr {
 // a token that silently ignored an attribute gets ErrPolicyIgnored and the
 // key is destroyed, rather than a weaker key handed out.
 func (p *Pool) GenerateAES(s *Session, spec SecretKeySpec) (Object, error) {
+	return p.GenerateAESChecked(s, spec, true)
+}
+
+// GenerateAESChecked is GenerateAES, reading the policy back only when
+// verify is true.
+func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (Object, error) {
 	if spec.Bytes != 16 && spec.Bytes != 24 && spec.Bytes != 32 {
 		return 0, fmt.Errorf("%w: aes key length %d", ErrInput, spec.Bytes)
 	}
@@ -105,6 +111,9 @@ func (p *Pool) GenerateAES(s *Session, spec SecretKeySpec) (Object, error) {
 		return 0, wrapErr("C_GenerateKey", err)
 	}
 	obj := Object(h)
+	if !verify {
+		return obj, nil
+	}
 	if err := p.VerifySessionKey(s, obj, spec); err != nil {
 		_ = p.ctx().DestroyObject(s.h, h)
 		return 0, err

@@ -207,7 +207,7 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 // isTyped reports whether err carries one of the sentinels a caller of
 // Import or Decrypt branches on.
 func isTyped(err error) bool {
-	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput} {
+	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput, ErrPolicy} {
 		if errors.Is(err, s) {
 			return true
 		}

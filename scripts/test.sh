@@ -6,7 +6,8 @@
 #
 # Installs softhsm2, opensc (pkcs11-tool) and openssl with apt-get when one is
 # missing and we are root; otherwise says what to install. With CI set, a
-# test that needs SoftHSM fails instead of skipping.
+# test that needs SoftHSM fails instead of skipping. After the tests, every
+# fuzz target runs briefly (HSMKEYS_FUZZTIME, default 10s each; 0 skips).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,4 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-exec go test -race -count=1 -timeout 30m "$@" ./...
+go test -race -count=1 -timeout 30m "$@" ./...
+
+fuzztime="${HSMKEYS_FUZZTIME:-10s}"
+if [ "$fuzztime" != 0 ]; then
+  # Every fuzz target, briefly, from its committed seed corpus.
+  for pkg in $(go list ./...); do
+    for target in $(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true); do
+      go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -fuzzminimizetime 20x "$pkg"
+    done
+  done
+fi

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/hsmkeys/hsmkeys/provider"
+)
+
+// softhsmModules are where Debian and a source build put SoftHSM 2; the
+// module defaults to the first one present when nothing else names one.
+var softhsmModules = []string{
+	"/usr/lib/softhsm/libsofthsm2.so",
+	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+	"/usr/local/lib/softhsm/libsofthsm2.so",
+}
+
+func defaultModule() string {
+	for _, m := range softhsmModules {
+		if _, err := os.Stat(m); err == nil {
+			return m
+		}
+	}
+	return ""
+}
+
+// uriAttrs reads the attribute names and values of an RFC 7512 PKCS#11 URI,
+// path and query alike, names lowercased. It is only a scan, to decide which
+// of our flags and variables the URI overrides and to refuse a pin-value;
+// the provider parses the URI for real.
+func uriAttrs(uri string) map[string]string {
+	attrs := map[string]string{}
+	rest, ok := cutPrefixFold(uri, "pkcs11:")
+	if !ok {
+		return attrs
+	}
+	path, query, _ := strings.Cut(rest, "?")
+	for _, part := range [][]string{strings.Split(path, ";"), strings.Split(query, "&")} {
+		for _, kv := range part {
+			if kv == "" {
+				continue
+			}
+			k, v, _ := strings.Cut(kv, "=")
+			if dk, err := url.PathUnescape(k); err == nil {
+				k = dk
+			}
+			if dv, err := url.PathUnescape(v); err == nil {
+				v = dv
+			}
+			attrs[strings.ToLower(strings.TrimSpace(k))] = v
+		}
+	}
+	return attrs
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// refusePINInURI refuses a --uri carrying the PIN: a command line is seen by
+// every user of the machine (ps, /proc) and kept in shell histories.
+func refusePINInURI(uri string) error {
+	if _, ok := uriAttrs(uri)["pin-value"]; ok {
+		return &usageError{
+			msg:  "--uri holds a pin-value: a PIN on a command line is visible to every user of this machine",
+			hint: "remove pin-value and use pin-source=file:/path/to/pin in the URI, --pin-file FILE, or HSMKEYS_PIN_FILE",
+		}
+	}
+	return nil
+}
+
+// useURI reports whether the URI applies: a --token flag overrides an
+// HSMKEYS_URI from the environment.
+func (c *cli) useURI() bool {
+	return c.uri != "" && !(c.tokenSet && !c.uriSet)
+}
+
+// config is the provider configuration of the global flags and variables,
+// with the user PIN source.
+func (c *cli) config() (provider.Config, error) {
+	cfg, attrs, err := c.tokenConfig()
+	if err != nil {
+		return cfg, err
+	}
+	pin, err := c.userPIN(attrs)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.PIN = pin
+	return cfg, nil
+}
+
+// modulePath is the module the flags, the URI or the default name.
+func (c *cli) modulePath() (string, error) {
+	cfg, attrs, err := c.tokenConfig()
+	if cfg.Module == "" {
+		return attrs["module-path"], err
+	}
+	return cfg.Module, err
+}
+
+// tokenConfig says which module and token to open: a flag beats the URI,
+// which beats a variable, which beats the default. attrs are the URI's.
+func (c *cli) tokenConfig() (provider.Config, map[string]string, error) {
+	var cfg provider.Config
+	attrs := map[string]string{}
+	if c.useURI() {
+		cfg.URI = c.uri
+		attrs = uriAttrs(c.uri)
+	}
+	switch {
+	case c.moduleSet:
+		cfg.Module = c.module
+	case attrs["module-path"] != "":
+	case c.module != "":
+		cfg.Module = c.module
+	default:
+		cfg.Module = defaultModule()
+	}
+	if cfg.Module == "" && attrs["module-path"] == "" {
+		return cfg, attrs, withHint(fmt.Errorf("no PKCS#11 module: SoftHSM is not installed and none was named"),
+			"set --module or HSMKEYS_MODULE to the vendor's PKCS#11 library, or module-path in --uri")
+	}
+	_, uriToken := attrs["token"]
+	_, uriSerial := attrs["serial"]
+	_, uriSlot := attrs["slot-id"]
+	switch {
+	case c.tokenSet:
+		cfg.TokenLabel = c.token
+	case uriToken || uriSerial || uriSlot:
+	case c.token != "":
+		cfg.TokenLabel = c.token
+	}
+	return cfg, attrs, nil
+}
+
+// userPIN is the user PIN source: --pin-file, the URI's pin-source,
+// HSMKEYS_PIN, HSMKEYS_PIN_FILE, then a prompt on the terminal. nil means
+// the URI supplies it.
+func (c *cli) userPIN(attrs map[string]string) (provider.PINSource, error) {
+	_, uriSource := attrs["pin-source"]
+	_, uriValue := attrs["pin-value"]
+	if c.pinFile != "" {
+		if uriSource || uriValue {
+			return nil, &usageError{msg: "the PIN is given twice: by --pin-file and by the URI"}
+		}
+		return provider.PINFile(c.pinFile), nil
+	}
+	if uriSource || uriValue {
+		return nil, nil
+	}
+	return c.pinFromEnv("user PIN", "HSMKEYS_PIN", "HSMKEYS_PIN_FILE")
+}
+
+// soPIN is the Security Officer PIN source: --so-pin-file, HSMKEYS_SO_PIN,
+// HSMKEYS_SO_PIN_FILE, then a prompt on the terminal.
+func (c *cli) soPIN() (provider.PINSource, error) {
+	if c.soPINFile != "" {
+		return provider.PINFile(c.soPINFile), nil
+	}
+	return c.pinFromEnv("SO PIN", "HSMKEYS_SO_PIN", "HSMKEYS_SO_PIN_FILE")
+}
+
+func (c *cli) pinFromEnv(what, env, envFile string) (provider.PINSource, error) {
+	// An empty variable counts as unset, as for HSMKEYS_MODULE and the rest.
+	if os.Getenv(env) != "" {
+		return provider.PINEnv(env), nil
+	}
+	if f := os.Getenv(envFile); f != "" {
+		return provider.PINFile(f), nil // an unreadable file is an error there, never an empty PIN
+	}
+	if c.stdinIsTerminal() {
+		return promptPIN(what), nil
+	}
+	return nil, fmt.Errorf("%w: no %s given (and stdin is not a terminal to ask on)", provider.ErrPINSource, what)
+}
+
+// initPIN is a PIN source for init-token: files or variables only, since
+// a new PIN typed once could be mistyped.
+func initPIN(flagFile, env, envFile string) provider.PINSource {
+	switch {
+	case flagFile != "":
+		return provider.PINFile(flagFile)
+	case os.Getenv(env) != "":
+		return provider.PINEnv(env)
+	case os.Getenv(envFile) != "":
+		return provider.PINFile(os.Getenv(envFile))
+	}
+	return nil
+}
+
+// openProvider opens the token for session keys. Commands that administer
+// KEKs must not hold one: its user login would keep the SO out.
+func (c *cli) openProvider(ctx context.Context, policy provider.ExportPolicy, maxSessions int) (*provider.Provider, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ExportPolicy = policy
+	cfg.MaxSessions = maxSessions
+	return provider.Open(ctx, cfg)
+}
+
+// openAdmin opens the token for KEK administration; with so, the SO PIN
+// source is needed too (each PIN is read only when first used).
+func (c *cli) openAdmin(ctx context.Context, so bool) (*provider.Admin, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	var soSrc provider.PINSource
+	if so {
+		if soSrc, err = c.soPIN(); err != nil {
+			return nil, err
+		}
+	}
+	return provider.OpenAdmin(ctx, cfg, soSrc)
+}

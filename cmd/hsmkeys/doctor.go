@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/hsmkeys/hsmkeys/provider"
+)
+
+var doctorSpec = spec{
+	path:  "doctor",
+	usage: "doctor [--pin-file FILE]",
+	about: `Checks, for real, whether this token can keep hsmkeys' promises: the
+mechanisms it needs, trusted-only wrapping and the wrap and unwrap templates
+(tried with throw-away session objects), a session key's whole life, and the
+attributes of every KEK on the token. It changes nothing on the token, and
+opens it with export policy "none" so that it runs on a token that the other
+commands refuse. Exit status 1 if any check fails.`,
+	examples: `hsmkeys doctor
+hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' doctor --json`,
+}
+
+type checkJSON struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
+	fs := c.newFlags(doctorSpec)
+	c.pinFlags(fs, false)
+	operands, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := noOperands(fs, operands); err != nil {
+		return err
+	}
+	p, err := c.openProvider(ctx, provider.ExportNone, 0)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	checks, err := p.Doctor(ctx)
+	if err != nil {
+		return err
+	}
+	failed := 0
+	out := make([]checkJSON, len(checks))
+	for i, ch := range checks {
+		out[i] = checkJSON{ch.Name, ch.OK, ch.Detail}
+		if !ch.OK {
+			failed++
+		}
+	}
+	if c.json {
+		if err := c.writeJSON(out); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		for _, ch := range checks {
+			status := "ok"
+			if !ch.OK {
+				status = "FAIL"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", status, ch.Name, ch.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return withHint(fmt.Errorf("%d of %d checks failed on token %s", failed, len(checks), p.Token()),
+			"the checks marked FAIL say what the token does not enforce; KEKs with problems are refused for every use")
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/hsmkeys/hsmkeys/provider"
+)
+
+// usageError is a command line that cannot be run as given: exit status 2.
+type usageError struct {
+	msg  string
+	hint string // next step; empty: "run 'hsmkeys help'"
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+// usagef is a usage error for command path, pointing at its help.
+func usagef(path string, format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...), hint: fmt.Sprintf("run 'hsmkeys %s --help' for usage and examples", path)}
+}
+
+// errHelpShown: help was asked for and printed; exit 0.
+var errHelpShown = errors.New("help shown")
+
+// hinted is an error with a next step for the user.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (e *hinted) Error() string { return e.err.Error() }
+func (e *hinted) Unwrap() error { return e.err }
+
+func withHint(err error, format string, a ...any) error {
+	if err == nil {
+		return nil
+	}
+	return &hinted{err: err, hint: fmt.Sprintf(format, a...)}
+}
+
+// fail prints err as "hsmkeys: error: ..." with a hint where one helps, and
+// returns the exit status.
+func (c *cli) fail(err error) int {
+	switch {
+	case err == nil, errors.Is(err, errHelpShown):
+		return exitOK
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(c.stderr, "hsmkeys: error: interrupted; no partial output was left behind")
+		return exitFail
+	}
+	fmt.Fprintf(c.stderr, "hsmkeys: error: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		h := ue.hint
+		if h == "" {
+			h = "run 'hsmkeys help' for usage"
+		}
+		fmt.Fprintf(c.stderr, "hsmkeys: hint: %s\n", h)
+		return exitUsage
+	}
+	for _, h := range hints(err) {
+		fmt.Fprintf(c.stderr, "hsmkeys: hint: %s\n", h)
+	}
+	return exitFail
+}
+
+// hints are the next steps for err: one a command attached, else the
+// provider's errors a user can act on.
+func hints(err error) []string {
+	var h *hinted
+	if errors.As(err, &h) {
+		return []string{h.hint}
+	}
+	var pe *provider.PINError
+	var tnf *provider.TokenNotFoundError
+	switch {
+	case errors.As(err, &pe):
+		return []string{pinHint(pe)}
+	case errors.As(err, &tnf):
+		return tokenHints(tnf)
+	case errors.Is(err, provider.ErrPINSource):
+		return []string{"give the PIN in a file (--pin-file, HSMKEYS_PIN_FILE; --so-pin-file, HSMKEYS_SO_PIN_FILE), in HSMKEYS_PIN / HSMKEYS_SO_PIN, or run on a terminal to be asked"}
+	case errors.Is(err, provider.ErrSecretFile):
+		return []string{"the file must be mode 0600 and hold 16 or 32 bytes, raw or as hex"}
+	case errors.Is(err, provider.ErrContext):
+		return []string{"give the same --context k=v pairs the message was made with ('hsmkeys key inspect FILE' shows them)"}
+	case errors.Is(err, provider.ErrWrappedKeyInvalid), errors.Is(err, provider.ErrAuthentication), errors.Is(err, provider.ErrMalformed):
+		return []string{"the file was changed, truncated or made for another key; nothing was written"}
+	case errors.Is(err, provider.ErrUnsupported), errors.Is(err, provider.ErrPolicy):
+		return []string{"run 'hsmkeys doctor' to see what this token can and cannot enforce"}
+	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "another login"):
+		return []string{"close other programs of this process using the token; kek commands log in as the Security Officer"}
+	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "module"):
+		return []string{"set --module or HSMKEYS_MODULE to the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"}
+	}
+	return nil
+}
+
+func pinHint(pe *provider.PINError) string {
+	if pe.Locked {
+		if pe.SO {
+			return "the SO PIN is locked; re-initialise the token with its vendor's tools"
+		}
+		return "the user PIN is locked; the Security Officer must reset it"
+	}
+	if pe.SO {
+		return "check HSMKEYS_SO_PIN or the file named by --so-pin-file / HSMKEYS_SO_PIN_FILE; the token counts wrong tries"
+	}
+	return "check HSMKEYS_PIN or the file named by --pin-file / HSMKEYS_PIN_FILE; the token counts wrong tries"
+}
+
+func tokenHints(e *provider.TokenNotFoundError) []string {
+	var ready []provider.TokenInfo
+	for _, t := range e.Tokens {
+		if t.Initialized {
+			ready = append(ready, t)
+		}
+	}
+	if len(ready) == 0 {
+		return []string{"initialise a token first (scripts/softhsm-setup.sh for SoftHSM); 'hsmkeys tokens' lists the slots"}
+	}
+	out := []string{"the module offers these tokens ('hsmkeys tokens' for details):"}
+	for _, t := range ready {
+		out = append(out, fmt.Sprintf("  --token %q   (serial %s, slot %d, model %s)", t.Label, t.Serial, t.Slot, t.Model))
+	}
+	return out
+}
+
+// kekNotFound names the KEK and points at kek list.
+func kekNotFound(err error) error {
+	if errors.Is(err, provider.ErrNotFound) {
+		return withHint(err, "run 'hsmkeys kek list' to see the KEKs on this token, 'hsmkeys kek create --label NAME' to make one")
+	}
+	return err
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// output is where a command writes its result: stdout, or a temporary file
+// in the target's directory that replaces the target only once complete
+// and on disk (fsync, then rename, which is atomic within a directory). A
+// failed or interrupted command aborts, and the target is as it was.
+type output struct {
+	io.Writer
+	f      *os.File // the temporary file; nil for stdout
+	target string
+	done   bool
+}
+
+// createOutput opens the output for path ("" or "-": stdout). A new file
+// gets mode; an existing one is replaced by a file of that mode too.
+func (c *cli) createOutput(path string, mode fs.FileMode) (*output, error) {
+	if path == "" || path == "-" {
+		return &output{Writer: c.stdout}, nil
+	}
+	return createFile(path, mode)
+}
+
+// createFile opens a temporary file beside path that commit renames to it.
+func createFile(path string, mode fs.FileMode) (*output, error) {
+	target, err := resolveTarget(path)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(target)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".hsmkeys-*.tmp")
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the temporary name means nothing to the user
+		}
+		return nil, fmt.Errorf("output %s: cannot create a file in %s: %w", path, dir, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("output %s: %w", path, err)
+	}
+	return &output{Writer: f, f: f, target: target}, nil
+}
+
+// resolveTarget follows a symbolic link, so that the file it points to is
+// replaced rather than the link, and refuses a directory.
+func resolveTarget(path string) (string, error) {
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return path, nil
+	case err != nil:
+		return "", err
+	case st.Mode()&fs.ModeSymlink != 0:
+		real, err := filepath.EvalSymlinks(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("output %s: a symbolic link to a missing file", path)
+		}
+		if err != nil {
+			return "", err
+		}
+		return resolveTarget(real)
+	case st.IsDir():
+		return "", fmt.Errorf("output %s is a directory", path)
+	case !st.Mode().IsRegular():
+		return "", fmt.Errorf("output %s is not a regular file", path)
+	}
+	return path, nil
+}
+
+// commit puts the output in place: sync, close, rename.
+func (o *output) commit() error {
+	if o.f == nil || o.done {
+		return nil
+	}
+	o.done = true
+	err := o.f.Sync()
+	if cerr := o.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(o.f.Name(), o.target)
+	}
+	if err != nil {
+		os.Remove(o.f.Name())
+		return fmt.Errorf("output %s: %w", o.target, err)
+	}
+	syncDir(filepath.Dir(o.target))
+	return nil
+}
+
+// abort removes the temporary file unless commit ran. It is safe to defer.
+func (o *output) abort() {
+	if o == nil || o.f == nil || o.done {
+		return
+	}
+	o.done = true
+	o.f.Close()
+	os.Remove(o.f.Name())
+}
+
+// syncDir makes a rename durable (best effort: not every file system can).
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+// refuseBinaryToTerminal stops DER from garbling a terminal.
+func (c *cli) refuseBinaryToTerminal(path string, pem bool) error {
+	if (path == "" || path == "-") && !pem && c.stdoutIsTerminal() {
+		return &usageError{msg: "refusing to write binary DER to the terminal", hint: "write to a file with -o FILE, or ask for text with --pem"}
+	}
+	return nil
+}
+
+// dataToStdout refuses --json when the data itself goes to stdout: stdout
+// holds one document.
+func (c *cli) dataToStdout(fs *flags, path string) error {
+	if c.json && (path == "" || path == "-") {
+		return usagef(fs.spec.path, "--json needs -o FILE: the data goes to stdout otherwise")
+	}
+	return nil
+}
+
+func (c *cli) writeJSON(v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// progress shows how long work is going on stderr, only when stderr is a
+// terminal: scripts and logs stay quiet.
+type progress struct {
+	mu    sync.Mutex
+	w     io.Writer
+	on    bool
+	last  time.Time
+	shown bool
+}
+
+func (c *cli) newProgress() *progress {
+	return &progress{w: c.stderr, on: c.stderrIsTerminal()}
+}
+
+// show replaces the progress line, at most ten times a second.
+func (p *progress) show(format string, a ...any) {
+	if p == nil || !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.shown = true
+	fmt.Fprintf(p.w, "\r\033[Khsmkeys: "+format, a...)
+}
+
+// clear removes the progress line.
+func (p *progress) clear() {
+	if p == nil || !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shown {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.shown = false
+	}
+}
+
+// countingReader reports bytes read to a progress line.
+type countingReader struct {
+	r     io.Reader
+	n     atomic.Int64
+	total int64
+	verb  string
+	p     *progress
+}
+
+func (r *countingReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.report(n)
+	return n, err
+}
+
+func (r *countingReader) report(n int) {
+	done := r.n.Add(int64(n))
+	if r.total > 0 {
+		r.p.show("%s %d/%d MiB", r.verb, done>>20, r.total>>20)
+	} else {
+		r.p.show("%s %d MiB", r.verb, done>>20)
+	}
+}
+
+// countingReaderAt is countingReader for io.ReaderAt (and only that: it
+// has no Read method).
+type countingReaderAt struct {
+	ra io.ReaderAt
+	c  *countingReader
+}
+
+func (r *countingReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	n, err := r.ra.ReadAt(b, off)
+	r.c.report(n)
+	return n, err
+}
+
+// largeFile is the size from which encrypt and decrypt show progress.
+const largeFile = 32 << 20

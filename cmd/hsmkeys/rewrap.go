@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hsmkeys/hsmkeys/provider"
+)
+
+var keyRewrapSpec = spec{
+	path:  "key rewrap",
+	usage: "key rewrap --kek NAME [--kek NAME...] [--context k=v...] [--der|--pem] [-j N] FILE...",
+	about: `Replaces the recipients of exported keys with wrappings under the newest
+version of each KEK named: after 'kek create' made a new version, or to move
+keys to another KEK. The key is unwrapped inside the token, wrapped again
+there, and destroyed; it keeps its identity. Each FILE is replaced
+atomically (same mode); a file that fails is left as it was, and the others
+go on. Files are done in parallel. Armour follows each file unless --der or
+--pem says otherwise.`,
+	examples: `hsmkeys kek create --label backup         # version 2
+hsmkeys key rewrap --kek backup keys/*.key
+hsmkeys key rewrap --kek backup --kek escrow --pem session.pem
+hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' key rewrap --kek backup -j 4 keys/*.key`,
+}
+
+// maxRewrapWorkers bounds the files in flight: each holds one session of
+// the provider's pool while on the token.
+const maxRewrapWorkers = 8
+
+type rewrapJob struct {
+	options provider.Options
+	keks    []*provider.KEK
+	der     bool // force DER output
+}
+
+type rewrapResult struct {
+	File  string `json:"file"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	err   error
+}
+
+func (c *cli) cmdKeyRewrap(ctx context.Context, args []string) error {
+	fs := c.newFlags(keyRewrapSpec)
+	var kekNames listFlag
+	ectx := contextFlag{}
+	var armor armorFlags
+	fs.Var(&kekNames, "kek", "wrap for the KEK `NAME` (repeatable)")
+	fs.Var(ectx, "context", "the encryption context `k=v` the keys were made with (repeatable)")
+	workers := fs.Int("j", maxRewrapWorkers, "rewrap up to `N` files at once")
+	armor.add(fs, true)
+	c.pinFlags(fs, false)
+	files, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(kekNames) == 0:
+		return usagef(fs.spec.path, "key rewrap needs --kek NAME")
+	case len(files) == 0:
+		return usagef(fs.spec.path, "key rewrap needs at least one FILE")
+	case *workers < 1:
+		return usagef(fs.spec.path, "-j %d: want at least 1", *workers)
+	}
+	if err := armor.check(fs); err != nil {
+		return err
+	}
+	files, err = uniqueFiles(files)
+	if err != nil {
+		return err
+	}
+	n := min(len(files), *workers)
+	p, err := c.openProvider(ctx, provider.ExportTrusted, n+1)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	keks, err := resolveKEKs(ctx, p, kekNames)
+	if err != nil {
+		return err
+	}
+	job := rewrapJob{options: provider.Options{Context: ectx, Armor: armor.pem}, keks: keks, der: armor.der}
+	results := c.rewrapAll(ctx, p, job, files, n)
+	return c.reportRewrap(ctx, results)
+}
+
+// uniqueFiles drops repeated names of one file, so that two workers never
+// replace the same file.
+func uniqueFiles(files []string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, f := range files {
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return nil, err
+		}
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		if !seen[abs] {
+			seen[abs] = true
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// rewrapAll rewraps files with n workers, showing progress on a terminal.
+func (c *cli) rewrapAll(ctx context.Context, p *provider.Provider, job rewrapJob, files []string, n int) []rewrapResult {
+	results := make([]rewrapResult, len(files))
+	prog := c.newProgress()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		done int
+	)
+	next := make(chan int)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				err := rewrapFile(ctx, p, job, files[i])
+				results[i] = rewrapResult{File: files[i], OK: err == nil, err: err}
+				if err != nil {
+					results[i].Error = err.Error()
+				}
+				mu.Lock()
+				done++
+				prog.show("rewrapped %d/%d", done, len(files))
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for i := range files {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			for j := i; j < len(files); j++ {
+				results[j] = rewrapResult{File: files[j], err: ctx.Err(), Error: "not started: interrupted"}
+			}
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	prog.clear()
+	return results
+}
+
+// rewrapFile replaces one exported key by its rewrapped self, atomically,
+// keeping the file's permissions.
+func rewrapFile(ctx context.Context, p *provider.Provider, job rewrapJob, path string) error {
+	target, err := resolveTarget(path)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(target)
+	if err != nil {
+		return err
+	}
+	if st.Size() > provider.MaxBlobSize {
+		return fmt.Errorf("%d bytes is larger than an exported key can be", st.Size())
+	}
+	blob, err := os.ReadFile(target)
+	if err != nil {
+		return err
+	}
+	out, err := p.Rewrap(ctx, blob, job.keks, job.options)
+	if err != nil {
+		return err
+	}
+	if job.der {
+		if b, _ := pem.Decode(out); b != nil {
+			out = b.Bytes
+		}
+	}
+	o, err := createFile(target, st.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	defer o.abort()
+	if _, err := o.Write(out); err != nil {
+		return err
+	}
+	return o.commit()
+}
+
+// reportRewrap prints per-file failures and sums up.
+func (c *cli) reportRewrap(ctx context.Context, results []rewrapResult) error {
+	var failed []rewrapResult
+	for _, r := range results {
+		if !r.OK {
+			failed = append(failed, r)
+		}
+	}
+	if c.json {
+		if err := c.writeJSON(results); err != nil {
+			return err
+		}
+	}
+	if len(failed) == 0 {
+		if !c.json {
+			fmt.Fprintf(c.stdout, "rewrapped %d of %d files\n", len(results), len(results))
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for _, r := range failed {
+		fmt.Fprintf(c.stderr, "hsmkeys: error: %s: %v\n", r.File, r.err)
+	}
+	summary := fmt.Errorf("%d of %d files not rewrapped (each left as it was)", len(failed), len(results))
+	if h := hints(failed[0].err); len(h) > 0 {
+		return withHint(summary, "%s", h[0])
+	}
+	if errors.Is(failed[0].err, provider.ErrNotFound) {
+		return withHint(summary, "'hsmkeys key inspect FILE' shows the KEK ids a file needs, 'hsmkeys kek list' those on the token")
+	}
+	return summary
+}

@@ -350,7 +350,7 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 		}
 	}()
 	var manifest *cms.Manifest
-	err = k.use(ctx, "import", func(s *p11.Session) error {
+	err = k.use(ctx, "manifest", func(s *p11.Session) error {
 		pt, err := p.pool.OpenGCM(s, k.obj, h.Nonce, h.AAD(), append(body, m.MAC...))
 		if err != nil {
 			if isAuthFailure(err) {
@@ -402,7 +402,7 @@ func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options
 	defer k.Destroy(context.WithoutCancel(ctx))
 	h := *m.Header
 	h.Recipients = nil
-	err = k.use(ctx, "rewrap", func(s *p11.Session) error {
+	err = k.use(ctx, "wrap", func(s *p11.Session) error {
 		for _, kek := range to {
 			r, err := p.recipientFor(s, k.obj, k.alg, kek)
 			if err != nil {

@@ -114,13 +114,16 @@ func kekType(o p11.KEKObject) KEKType {
 // KEK is a key-encryption key on the token, as found there. A KEK with
 // Problems is refused for every use; they say why.
 type KEK struct {
-	Label    string   // CKA_LABEL: the KEK's name
-	ID       []byte   // CKA_ID: unique; identifies the version in exported keys
-	Version  int      // from the ID (hsmkeys IDs start with a 4-byte version); 0 if unknown
-	Type     KEKType  // 0 if not a type hsmkeys makes
-	Bits     int      // key or modulus size
-	Trusted  bool     // the wrapping object is CKA_TRUSTED
-	Problems []string // attributes that break the policy; empty for a good KEK
+	Label   string  // CKA_LABEL: the KEK's name
+	ID      []byte  // CKA_ID: unique; identifies the version in exported keys
+	Version int     // from the ID (hsmkeys IDs start with a 4-byte version); 0 if unknown
+	Type    KEKType // 0 if not a type hsmkeys makes
+	Bits    int     // key or modulus size
+	Trusted bool    // the wrapping object is CKA_TRUSTED
+	// TemplatesEnforced: the objects carry the CKA_WRAP_TEMPLATE and
+	// CKA_UNWRAP_TEMPLATE hsmkeys requires (docs/security.md).
+	TemplatesEnforced bool
+	Problems          []string // attributes that break the policy; empty for a good KEK
 
 	obj p11.KEKObject
 }
@@ -155,6 +158,7 @@ func newKEK(o p11.KEKObject, problems []string) *KEK {
 		obj:      o,
 	}
 	k.Trusted = !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "CKA_TRUSTED") }) && o.Wrap != 0
+	k.TemplatesEnforced = !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "_TEMPLATE") })
 	if k.Type == 0 {
 		k.Problems = append(k.Problems, fmt.Sprintf("unsupported key size %d", o.Bits))
 	}

@@ -68,7 +68,7 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 		out = armor
 	}
 	bw := bufio.NewWriterSize(out, 2*ChunkSize)
-	err = k.use(ctx, "encrypt", func(s *p11.Session) error {
+	err = k.use(ctx, "content", func(s *p11.Session) error {
 		h := &cms.Header{Algorithm: gcmOID(k.alg), Nonce: make([]byte, p11.NonceSize)}
 		var err error
 		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDData), o.Context, false); err != nil {
@@ -256,7 +256,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 	}
 	sealed = append(sealed, m.MAC...)
 	var pt []byte
-	err := k.use(ctx, "decrypt", func(s *p11.Session) error {
+	err := k.use(ctx, "content", func(s *p11.Session) error {
 		var err error
 		pt, err = p.pool.OpenGCM(s, k.obj, m.Header.Nonce, m.Header.AAD(), sealed)
 		if err != nil && isAuthFailure(err) {
@@ -282,7 +282,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 // sees plaintext only in 64 KiB pieces and never the key or the GHASH key.
 func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
 	h := m.Header
-	err := k.usePair(ctx, "decrypt", func(s1, s2 *p11.Session) error {
+	err := k.usePair(ctx, "tag check", func(s1, s2 *p11.Session) error {
 		ctr, err := p.pool.CTR(s1, k.obj, h.Nonce)
 		if err != nil {
 			return err
@@ -326,7 +326,7 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 	if err != nil {
 		return err
 	}
-	return k.use(ctx, "decrypt", func(s *p11.Session) error {
+	return k.use(ctx, "content", func(s *p11.Session) error {
 		ctr, err := p.pool.CTR(s, k.obj, h.Nonce)
 		if err != nil {
 			return err

@@ -221,14 +221,5 @@ func kekTypeName(k *provider.KEK) string {
 	return k.Type.String()
 }
 
-// templatesEnforced: none of the KEK's problems is a missing wrap or unwrap
-// template. The provider reports them only as text (see the report: a
-// boolean field would be better).
-func templatesEnforced(k *provider.KEK) bool {
-	for _, p := range k.Problems {
-		if strings.Contains(p, "_TEMPLATE") {
-			return false
-		}
-	}
-	return true
-}
+// templatesEnforced: the KEK carries both templates hsmkeys requires.
+func templatesEnforced(k *provider.KEK) bool { return k.TemplatesEnforced }

@@ -19,9 +19,10 @@ import (
 // failed or interrupted command aborts, and the target is as it was.
 type output struct {
 	io.Writer
-	f      *os.File // the temporary file; nil for stdout
-	target string
-	done   bool
+	f       *os.File // the temporary file; nil for stdout
+	unnamed bool     // f has no name yet (O_TMPFILE): nothing to remove
+	target  string
+	done    bool
 }
 
 // createOutput opens the output for path ("" or "-": stdout). A new file
@@ -40,6 +41,16 @@ func createFile(path string, mode fs.FileMode) (*output, error) {
 		return nil, err
 	}
 	dir := filepath.Dir(target)
+	// A file with no name first: a process killed mid-way (SIGKILL
+	// included) leaves nothing behind. Where the file system cannot, a
+	// named temporary file that abort removes.
+	if f, err := openUnnamed(dir, mode); err == nil {
+		if err := f.Chmod(mode); err != nil { // the umask may have cut it
+			f.Close()
+			return nil, fmt.Errorf("output %s: %w", path, err)
+		}
+		return &output{Writer: f, f: f, unnamed: true, target: target}, nil
+	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".hsmkeys-*.tmp")
 	if err != nil {
 		var pe *fs.PathError
@@ -88,15 +99,26 @@ func (o *output) commit() error {
 		return nil
 	}
 	o.done = true
+	name := o.f.Name()
 	err := o.f.Sync()
+	if err == nil && o.unnamed {
+		// Named only now, complete and on disk; the rename follows at once.
+		name = filepath.Join(filepath.Dir(o.target), fmt.Sprintf(".%s.hsmkeys-%d-%d.tmp", filepath.Base(o.target), os.Getpid(), time.Now().UnixNano()))
+		err = linkUnnamed(o.f, name)
+		if err != nil {
+			name = ""
+		}
+	}
 	if cerr := o.f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(o.f.Name(), o.target)
+		err = os.Rename(name, o.target)
 	}
 	if err != nil {
-		os.Remove(o.f.Name())
+		if name != "" {
+			os.Remove(name)
+		}
 		return fmt.Errorf("output %s: %w", o.target, err)
 	}
 	syncDir(filepath.Dir(o.target))
@@ -110,7 +132,9 @@ func (o *output) abort() {
 	}
 	o.done = true
 	o.f.Close()
-	os.Remove(o.f.Name())
+	if !o.unnamed {
+		os.Remove(o.f.Name())
+	}
 }
 
 // syncDir makes a rename durable (best effort: not every file system can).

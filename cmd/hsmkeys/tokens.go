@@ -178,7 +178,11 @@ func selftest(ctx context.Context, p *provider.Provider, step func(string, ...an
 		return err
 	}
 	defer k.Destroy(context.WithoutCancel(ctx))
-	step("generated %v (sensitive, non-extractable, a session object)", k)
+	how := "never extractable"
+	if k.Exportable() {
+		how = "extractable only wrapped under trusted keks"
+	}
+	step("generated %v (a sensitive session object, %s)", k, how)
 	msg, aad := []byte("a message sealed on the token"), []byte("selftest")
 	sealed, err := k.Seal(ctx, msg, aad)
 	if err != nil {

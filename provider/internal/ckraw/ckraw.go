@@ -17,7 +17,12 @@
 //
 // Token errors are returned as pkcs11.Error (the CKR_* value), exactly as miekg
 // returns them. Invalid input is rejected before the token is called, with an
-// error that wraps ErrTemplate; calls on a closed Module return ErrClosed.
+// error that wraps ErrTemplate (templates) or ErrInput (buffer sizes); calls
+// on a closed Module return ErrClosed.
+//
+// Encrypt, Decrypt and WrapKey exist because miekg makes two C calls for each
+// of these (a size query, then the real call), which costs a round trip on a
+// networked HSM; ckraw makes one with a buffer the caller sized.
 //
 // BUG(ckraw): SoftHSM 2.6.1 does not fill a key's CKA_UNWRAP_TEMPLATE into
 // the C_UnwrapKey template: the caller must repeat every attribute of it with

@@ -34,7 +34,7 @@ type fixture struct {
 	slot uint
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	if _, err := os.Stat(modulePath); err != nil {
 		missing(t, "SoftHSM module: %v", err)
@@ -90,7 +90,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func missing(t *testing.T, format string, args ...any) {
+func missing(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if os.Getenv("CI") != "" {
 		t.Fatalf("CI is set but "+format, args...)
@@ -99,7 +99,7 @@ func missing(t *testing.T, format string, args ...any) {
 }
 
 // session opens a R/W session that is closed at the end of the test.
-func (f *fixture) session(t *testing.T) pkcs11.SessionHandle {
+func (f *fixture) session(t testing.TB) pkcs11.SessionHandle {
 	t.Helper()
 	s, err := f.p.OpenSession(f.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	require.NoError(t, err)
@@ -109,7 +109,7 @@ func (f *fixture) session(t *testing.T) pkcs11.SessionHandle {
 
 // login logs in as userType. Login is per application, not per session, so
 // logging in as the SO and as the user at once is impossible.
-func (f *fixture) login(t *testing.T, s pkcs11.SessionHandle, userType uint) {
+func (f *fixture) login(t testing.TB, s pkcs11.SessionHandle, userType uint) {
 	t.Helper()
 	pin := userPIN
 	if userType == pkcs11.CKU_SO {
@@ -118,13 +118,13 @@ func (f *fixture) login(t *testing.T, s pkcs11.SessionHandle, userType uint) {
 	require.NoError(t, f.p.Login(s, userType, pin))
 }
 
-func (f *fixture) logout(t *testing.T, s pkcs11.SessionHandle) {
+func (f *fixture) logout(t testing.TB, s pkcs11.SessionHandle) {
 	t.Helper()
 	require.NoError(t, f.p.Logout(s))
 }
 
 // tokenObjects lists the token objects the user can see (all of them).
-func (f *fixture) tokenObjects(t *testing.T, s pkcs11.SessionHandle) []pkcs11.ObjectHandle {
+func (f *fixture) tokenObjects(t testing.TB, s pkcs11.SessionHandle) []pkcs11.ObjectHandle {
 	t.Helper()
 	require.NoError(t, f.p.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true)}))
 	objs, _, err := f.p.FindObjects(s, 1000)
@@ -137,7 +137,7 @@ func (f *fixture) tokenObjects(t *testing.T, s pkcs11.SessionHandle) []pkcs11.Ob
 // made, then checks that none is left. It finds them by search: SoftHSM
 // forgets object handles once every session of the slot is closed, so
 // handles saved during the test may be stale here.
-func (f *fixture) destroyTokenObjects(t *testing.T) {
+func (f *fixture) destroyTokenObjects(t testing.TB) {
 	s, err := f.p.OpenSession(f.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	require.NoError(t, err)
 	defer f.p.CloseSession(s)
@@ -238,7 +238,7 @@ func requirePolicies(t *testing.T, f *fixture, s pkcs11.SessionHandle, key uint,
 }
 
 // sessionKey generates an AES-256 session key as the logged-in user.
-func sessionKey(t *testing.T, f *fixture, s pkcs11.SessionHandle, wrapWithTrusted bool) pkcs11.ObjectHandle {
+func sessionKey(t testing.TB, f *fixture, s pkcs11.SessionHandle, wrapWithTrusted bool) pkcs11.ObjectHandle {
 	t.Helper()
 	k, err := f.p.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
 		attrs(map[uint]any{

@@ -125,7 +125,48 @@ type KEK struct {
 	TemplatesEnforced bool
 	Problems          []string // attributes that break the policy; empty for a good KEK
 
+	// mu guards obj: its object handles go stale when the token forgets
+	// them (SoftHSM does when the last session of the slot closes), and
+	// are then found again by ID.
+	mu  sync.Mutex
 	obj p11.KEKObject
+}
+
+// handles returns the KEK's current object handles.
+func (k *KEK) handles() p11.KEKObject {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.obj
+}
+
+// refresh finds the KEK's objects again by CKA_ID on session s, after the
+// token said a handle was no longer valid.
+func (p *Provider) refreshKEK(s *p11.Session, k *KEK) error {
+	objs, err := p.pool.FindKEKs(s, "", k.ID)
+	if err != nil {
+		return err
+	}
+	if len(objs) != 1 {
+		return fmt.Errorf("%w: kek with id %s", ErrNotFound, hex.EncodeToString(k.ID))
+	}
+	k.mu.Lock()
+	k.obj = objs[0]
+	k.mu.Unlock()
+	return nil
+}
+
+// withKEK runs fn with the KEK's handles and, if the token says the
+// wrapping or unwrapping handle is stale (code), finds the KEK again and
+// runs fn once more.
+func (p *Provider) withKEK(s *p11.Session, k *KEK, stale uint, fn func(o p11.KEKObject) error) error {
+	err := fn(k.handles())
+	if code, _ := p11.CodeOf(err); code != stale {
+		return err
+	}
+	if rerr := p.refreshKEK(s, k); rerr != nil {
+		return fmt.Errorf("%w (finding the kek again: %w)", err, rerr)
+	}
+	return fn(k.handles())
 }
 
 func (k *KEK) String() string {
@@ -133,18 +174,19 @@ func (k *KEK) String() string {
 }
 
 // CanUnwrap reports whether this token holds the unwrapping half.
-func (k *KEK) CanUnwrap() bool { return k.obj.Unwrap != 0 }
+func (k *KEK) CanUnwrap() bool { return k.handles().Unwrap != 0 }
 
 // PublicKey returns an RSA KEK's public key; nil for an AES KEK.
 func (k *KEK) PublicKey() *rsa.PublicKey {
-	if len(k.obj.Modulus) == 0 {
+	o := k.handles()
+	if len(o.Modulus) == 0 {
 		return nil
 	}
-	e := new(big.Int).SetBytes(k.obj.Exponent)
+	e := new(big.Int).SetBytes(o.Exponent)
 	if !e.IsInt64() || e.Int64() > 1<<31-1 {
 		return nil
 	}
-	return &rsa.PublicKey{N: new(big.Int).SetBytes(k.obj.Modulus), E: int(e.Int64())}
+	return &rsa.PublicKey{N: new(big.Int).SetBytes(o.Modulus), E: int(e.Int64())}
 }
 
 func newKEK(o p11.KEKObject, problems []string) *KEK {
@@ -404,7 +446,12 @@ func (p *Provider) wrapOn(s *p11.Session, obj p11.Object, alg Algorithm, kek *KE
 	var last error
 	for _, m := range mechs {
 		pm, _ := m.p11()
-		b, err := p.pool.Wrap(s, pm, kek.obj.Wrap, obj)
+		var b []byte
+		err := p.withKEK(s, kek, pkcs11.CKR_WRAPPING_KEY_HANDLE_INVALID, func(o p11.KEKObject) error {
+			var err error
+			b, err = p.pool.Wrap(s, pm, o.Wrap, obj)
+			return err
+		})
 		if err == nil {
 			if m.isRSA() {
 				p.oaepWorks(m)
@@ -494,7 +541,12 @@ func (p *Provider) unwrapUnder(ctx context.Context, w *WrappedKey, kek *KEK) (*K
 	pm, _ := w.Mechanism.p11()
 	k := &Key{p: p, alg: w.Algorithm, exportable: true}
 	err := p.do(ctx, func(s *p11.Session) error {
-		obj, err := p.pool.Unwrap(s, pm, kek.obj.Unwrap, w.Bytes, w.Algorithm.bytes())
+		var obj p11.Object
+		err := p.withKEK(s, kek, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID, func(o p11.KEKObject) error {
+			var err error
+			obj, err = p.pool.Unwrap(s, pm, o.Unwrap, w.Bytes, w.Algorithm.bytes())
+			return err
+		})
 		if err != nil {
 			return err
 		}

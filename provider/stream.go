@@ -171,8 +171,11 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 // a message up to 4 MiB is decrypted by the token's AES-GCM in one call;
 // a larger one is first checked (AES-CTR decryption and AES-GCM
 // re-encryption on the token, comparing the tag), then decrypted with AES-CTR
-// in a second pass. Memory use does not grow with the message. On error,
-// dst has received nothing.
+// in a second pass. Memory use does not grow with the message. If the tag
+// fails, dst has received nothing. If the token fails during the second
+// pass (a device error, the token gone), dst may have received an
+// authenticated prefix of the plaintext and Decrypt returns the error:
+// write to a temporary file and keep it only on success, as hsmkeys does.
 func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, size int64, o Options) error {
 	if dst == nil || src == nil {
 		return fmt.Errorf("decrypt: %w: nil reader or writer", ErrInvalidInput)

@@ -129,6 +129,12 @@ func (p *Pool) VerifySessionKey(s *Session, obj Object, spec SecretKeySpec) erro
 // verifyBools reads back the attributes in want (and CKA_VALUE_LEN when
 // valueLen > 0) and fails on the first that differs.
 func (p *Pool) verifyBools(s *Session, obj Object, want []boolAttr, valueLen uint) error {
+	return p.verifyAttrs(s, obj, want, valueLen, false)
+}
+
+// verifyAttrs is verifyBools; for an unwrapped key a CKA_VALUE_LEN of 0 is
+// accepted as "not reported".
+func (p *Pool) verifyAttrs(s *Session, obj Object, want []boolAttr, valueLen uint, unwrapped bool) error {
 	q := make([]*pkcs11.Attribute, 0, len(want)+1)
 	for _, a := range want {
 		q = append(q, &pkcs11.Attribute{Type: a.t})
@@ -147,12 +153,17 @@ func (p *Pool) verifyBools(s *Session, obj Object, want []boolAttr, valueLen uin
 		}
 	}
 	if valueLen > 0 {
-		if n, ok := ulong(got[len(want)].Value); !ok || n != uint64(valueLen) {
-			return fmt.Errorf("%w: CKA_VALUE_LEN is not %d", ErrPolicyIgnored, valueLen)
+		n, ok := ulong(got[len(want)].Value)
+		// SoftHSM reports 0 for unwrapped keys (see Unwrap): unknown, not wrong.
+		if !ok || (n != uint64(valueLen) && !(n == 0 && unwrapped)) {
+			return fmt.Errorf("%w: %w: CKA_VALUE_LEN is %d, not %d", ErrPolicyIgnored, errValueLen, n, valueLen)
 		}
 	}
 	return nil
 }
+
+// errValueLen marks a key of the wrong length.
+var errValueLen = errors.New("key length differs")
 
 // ulong decodes a CK_ULONG as the token stored it (native byte order).
 func ulong(b []byte) (uint64, bool) {
@@ -220,7 +231,9 @@ func (p *Pool) SealGCM(s *Session, key Object, nonce, aad, plaintext []byte) ([]
 	if err := p.ctx().EncryptInit(s.h, mech, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, wrapErr("C_EncryptInit", err)
 	}
-	out, err := p.ctx().Encrypt(s.h, plaintext)
+	// One C_Encrypt with a buffer of the known size, where miekg would
+	// make two (size query, then data): a round trip fewer on a network HSM.
+	out, err := p.mod.raw.Encrypt(uint(s.h), plaintext, len(plaintext)+TagSize)
 	return out, wrapErr("C_Encrypt", err)
 }
 
@@ -235,7 +248,9 @@ func (p *Pool) OpenGCM(s *Session, key Object, nonce, aad, sealed []byte) ([]byt
 	if err := p.ctx().DecryptInit(s.h, mech, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, wrapErr("C_DecryptInit", err)
 	}
-	out, err := p.ctx().Decrypt(s.h, sealed)
+	// SoftHSM wants room for the whole input, tag included, to answer in
+	// one call.
+	out, err := p.mod.raw.Decrypt(uint(s.h), sealed, len(sealed))
 	return out, wrapErr("C_Decrypt", err)
 }
 

@@ -15,7 +15,7 @@ func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
 	if err := p.ctx().EncryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, wrapErr("C_EncryptInit", err)
 	}
-	out, err := p.ctx().Encrypt(s.h, make([]byte, 16))
+	out, err := p.mod.raw.Encrypt(uint(s.h), make([]byte, 16), 16)
 	if err != nil {
 		return nil, wrapErr("C_Encrypt", err)
 	}

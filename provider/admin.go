@@ -233,7 +233,11 @@ func (a *Admin) keks(ctx context.Context, label string, id []byte) ([]*KEK, erro
 			return err
 		}
 		for _, o := range objs {
-			out = append(out, newKEK(o, s.KEKProblems(o)))
+			problems, err := s.KEKProblems(o)
+			if err != nil {
+				return err
+			}
+			out = append(out, newKEK(o, problems))
 		}
 		return nil
 	})

@@ -164,7 +164,9 @@ func (p *Provider) withKEK(s *p11.Session, k *KEK, stale uint, fn func(o p11.KEK
 		return err
 	}
 	if rerr := p.refreshKEK(s, k); rerr != nil {
-		return fmt.Errorf("%w (finding the kek again: %w)", err, rerr)
+		// The handle was stale and the token failed to answer again: its
+		// failure is the one to report.
+		return fmt.Errorf("finding %v again: %w", k, rerr)
 	}
 	return fn(k.handles())
 }
@@ -283,7 +285,11 @@ func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KE
 		}
 		out = out[:0]
 		for _, o := range objs {
-			out = append(out, newKEK(o, p.pool.KEKProblems(s, o)))
+			problems, err := p.pool.KEKProblems(s, o)
+			if err != nil {
+				return err
+			}
+			out = append(out, newKEK(o, problems))
 		}
 		return nil
 	})

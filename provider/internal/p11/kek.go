@@ -2,6 +2,7 @@ package p11
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -385,14 +386,28 @@ func findObjects(ctx *pkcs11.Ctx, h pkcs11.SessionHandle, tmpl []*pkcs11.Attribu
 }
 
 // KEKProblems checks a KEK's objects against the attributes hsmkeys
-// requires and says what is wrong, in words; nil means none.
-func (a *AdminSession) KEKProblems(k KEKObject) []string { return kekProblems(a.m, a.h, k) }
+// requires and says what is wrong, in words; nil means none. An error is a
+// failure to ask (a device error, a dead session), which says nothing about
+// the KEK.
+func (a *AdminSession) KEKProblems(k KEKObject) ([]string, error) { return kekProblems(a.m, a.h, k) }
 
 // KEKProblems is KEKProblems through a pool session.
-func (p *Pool) KEKProblems(s *Session, k KEKObject) []string { return kekProblems(p.mod, s.h, k) }
+func (p *Pool) KEKProblems(s *Session, k KEKObject) ([]string, error) {
+	return kekProblems(p.mod, s.h, k)
+}
 
-func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) []string {
+// attributeAnswer reports whether err from C_GetAttributeValue is the
+// token's answer about the attribute (the object has none, or it is
+// secret: PKCS#11 v2.40 §5.7), which makes a KEK unfit; any other failure
+// is the token's, not the KEK's.
+func attributeAnswer(err error) bool {
+	code, ok := CodeOf(err)
+	return !ok || code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID || code == pkcs11.CKR_ATTRIBUTE_SENSITIVE
+}
+
+func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) ([]string, error) {
 	var problems []string
+	var failed error
 	check := func(obj Object, role string, want []boolAttr, wrapT, unwrapT bool) {
 		q := make([]*pkcs11.Attribute, len(want))
 		for i, a := range want {
@@ -400,6 +415,10 @@ func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) []string {
 		}
 		got, err := m.ctx.GetAttributeValue(h, pkcs11.ObjectHandle(obj), q)
 		if err != nil {
+			if !attributeAnswer(err) {
+				failed = cmp.Or(failed, wrapErr("C_GetAttributeValue", err))
+				return
+			}
 			problems = append(problems, fmt.Sprintf("%s: cannot read attributes: %v", role, wrapErr("C_GetAttributeValue", err)))
 			return
 		}
@@ -409,11 +428,19 @@ func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) []string {
 				problems = append(problems, fmt.Sprintf("%s: %s is not %v", role, AttrName(a.t), a.v))
 			}
 		}
-		if wrapT && !templateHas(m, h, obj, pkcs11.CKA_WRAP_TEMPLATE, WrapTemplate()) {
-			problems = append(problems, role+": no CKA_WRAP_TEMPLATE requiring CKA_WRAP_WITH_TRUSTED")
+		if wrapT {
+			if ok, err := templateHas(m, h, obj, pkcs11.CKA_WRAP_TEMPLATE, WrapTemplate()); err != nil {
+				failed = cmp.Or(failed, err)
+			} else if !ok {
+				problems = append(problems, role+": no CKA_WRAP_TEMPLATE requiring CKA_WRAP_WITH_TRUSTED")
+			}
 		}
-		if unwrapT && !templateHas(m, h, obj, pkcs11.CKA_UNWRAP_TEMPLATE, UnwrapTemplate()) {
-			problems = append(problems, role+": no CKA_UNWRAP_TEMPLATE forcing sensitive session keys")
+		if unwrapT {
+			if ok, err := templateHas(m, h, obj, pkcs11.CKA_UNWRAP_TEMPLATE, UnwrapTemplate()); err != nil {
+				failed = cmp.Or(failed, err)
+			} else if !ok {
+				problems = append(problems, role+": no CKA_UNWRAP_TEMPLATE forcing sensitive session keys")
+			}
 		}
 	}
 	base := []boolAttr{
@@ -444,15 +471,22 @@ func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) []string {
 				boolAttr{pkcs11.CKA_DERIVE, false}), false, true)
 		}
 	}
-	return problems
+	if failed != nil {
+		return nil, failed
+	}
+	return problems, nil
 }
 
 // templateHas reports whether obj's array attribute t holds every entry of
-// want with the same value.
-func templateHas(m *Module, h pkcs11.SessionHandle, obj Object, t uint, want []ckraw.Attr) bool {
+// want with the same value. An error is a failure to ask (see
+// attributeAnswer).
+func templateHas(m *Module, h pkcs11.SessionHandle, obj Object, t uint, want []ckraw.Attr) (bool, error) {
 	got, err := m.raw.GetTemplate(uint(h), uint(obj), t)
 	if err != nil {
-		return false
+		if !attributeAnswer(err) {
+			return false, wrapErr("C_GetAttributeValue", err)
+		}
+		return false, nil
 	}
 	for _, w := range want {
 		wv, _ := w.Value.(bool)
@@ -463,10 +497,10 @@ func templateHas(m *Module, h pkcs11.SessionHandle, obj Object, t uint, want []c
 			}
 		}
 		if !found {
-			return false
+			return false, nil
 		}
 	}
-	return true
+	return true, nil
 }
 
 // WrapMech names a key-wrapping mechanism and, for RSA-OAEP, its hash.

@@ -38,11 +38,14 @@ type rewrapJob struct {
 	der     bool // force DER output
 }
 
-type rewrapResult struct {
-	File  string `json:"file"`
-	OK    bool   `json:"ok"`
-	Error string `json:"error,omitempty"`
-	err   error
+// fileResult is the outcome of one file of a batch (rewrap, encrypt,
+// decrypt).
+type fileResult struct {
+	File   string `json:"file"`
+	Output string `json:"output,omitempty"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	err    error
 }
 
 func (c *cli) cmdKeyRewrap(ctx context.Context, args []string) error {
@@ -85,8 +88,10 @@ func (c *cli) cmdKeyRewrap(ctx context.Context, args []string) error {
 		return err
 	}
 	job := rewrapJob{options: provider.Options{Context: ectx, Armor: armor.pem}, keks: keks, der: armor.der}
-	results := c.rewrapAll(ctx, p, job, files, n)
-	return c.reportRewrap(ctx, results)
+	results := c.eachFile(ctx, files, n, "rewrapped", func(ctx context.Context, file string) (string, error) {
+		return "", rewrapFile(ctx, p, job, file)
+	})
+	return c.reportFiles(ctx, results, "rewrapped", "each left as it was")
 }
 
 // uniqueFiles drops repeated names of one file, so that two workers never
@@ -110,9 +115,11 @@ func uniqueFiles(files []string) ([]string, error) {
 	return out, nil
 }
 
-// rewrapAll rewraps files with n workers, showing progress on a terminal.
-func (c *cli) rewrapAll(ctx context.Context, p *provider.Provider, job rewrapJob, files []string, n int) []rewrapResult {
-	results := make([]rewrapResult, len(files))
+// eachFile runs fn on every file with n workers (each holds a session of
+// the pool while on the token), showing progress on a terminal. fn returns
+// the file it wrote, if any.
+func (c *cli) eachFile(ctx context.Context, files []string, n int, verb string, fn func(ctx context.Context, file string) (string, error)) []fileResult {
+	results := make([]fileResult, len(files))
 	prog := c.newProgress()
 	var (
 		wg   sync.WaitGroup
@@ -125,14 +132,14 @@ func (c *cli) rewrapAll(ctx context.Context, p *provider.Provider, job rewrapJob
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				err := rewrapFile(ctx, p, job, files[i])
-				results[i] = rewrapResult{File: files[i], OK: err == nil, err: err}
+				out, err := fn(ctx, files[i])
+				results[i] = fileResult{File: files[i], Output: out, OK: err == nil, err: err}
 				if err != nil {
 					results[i].Error = err.Error()
 				}
 				mu.Lock()
 				done++
-				prog.show("rewrapped %d/%d", done, len(files))
+				prog.show("%s %d/%d", verb, done, len(files))
 				mu.Unlock()
 			}
 		}()
@@ -143,7 +150,7 @@ feed:
 		case next <- i:
 		case <-ctx.Done():
 			for j := i; j < len(files); j++ {
-				results[j] = rewrapResult{File: files[j], err: ctx.Err(), Error: "not started: interrupted"}
+				results[j] = fileResult{File: files[j], err: ctx.Err(), Error: "not started: interrupted"}
 			}
 			break feed
 		}
@@ -192,9 +199,9 @@ func rewrapFile(ctx context.Context, p *provider.Provider, job rewrapJob, path s
 	return o.commit()
 }
 
-// reportRewrap prints per-file failures and sums up.
-func (c *cli) reportRewrap(ctx context.Context, results []rewrapResult) error {
-	var failed []rewrapResult
+// reportFiles prints per-file failures and sums up a batch.
+func (c *cli) reportFiles(ctx context.Context, results []fileResult, verb, onFailure string) error {
+	var failed []fileResult
 	for _, r := range results {
 		if !r.OK {
 			failed = append(failed, r)
@@ -207,7 +214,7 @@ func (c *cli) reportRewrap(ctx context.Context, results []rewrapResult) error {
 	}
 	if len(failed) == 0 {
 		if !c.json {
-			fmt.Fprintf(c.stdout, "rewrapped %d of %d files\n", len(results), len(results))
+			fmt.Fprintf(c.stdout, "%s %d of %d files\n", verb, len(results), len(results))
 		}
 		return nil
 	}
@@ -217,7 +224,7 @@ func (c *cli) reportRewrap(ctx context.Context, results []rewrapResult) error {
 	for _, r := range failed {
 		fmt.Fprintf(c.stderr, "hsmkeys: error: %s: %v\n", r.File, r.err)
 	}
-	summary := fmt.Errorf("%d of %d files not rewrapped (each left as it was)", len(failed), len(results))
+	summary := fmt.Errorf("%d of %d files not %s (%s)", len(failed), len(results), verb, onFailure)
 	if h := hints(failed[0].err); len(h) > 0 {
 		return withHint(summary, "%s", h[0])
 	}

@@ -14,6 +14,7 @@ package provider
 
 import (
 	"crypto/rand"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -353,7 +354,7 @@ func BenchmarkEncryptStream(b *testing.B) {
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p).obj.Wrap
 		r := openRaw(b)
-		buf := make([]byte, ChunkSize)
+		buf := make([]byte, DefaultChunkSize)
 		b.SetBytes(streamSize)
 		for b.Loop() {
 			// A fresh key, wrapped; the content through multi-part GCM.
@@ -390,4 +391,36 @@ func BenchmarkEncryptStream(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkChunkSize is how ChunkSize was chosen: 16 MiB through multi-part
+// AES-GCM on the token in parts of each size (the raw calls, no format).
+func BenchmarkChunkSize(b *testing.B) {
+	const total = 16 << 20
+	for _, size := range []int{4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20} {
+		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
+			r := openRaw(b)
+			h := rawSessionKey(b, r, 32)
+			b.Cleanup(func() { _ = r.ctx.DestroyObject(r.s, h) })
+			buf := make([]byte, size)
+			b.SetBytes(total)
+			for b.Loop() {
+				var nonce [12]byte
+				_, _ = rand.Read(nonce[:])
+				mech, params := gcmMechanism(nonce[:], nil)
+				if err := r.ctx.EncryptInit(r.s, mech, h); err != nil {
+					b.Fatal(err)
+				}
+				for off := 0; off < total; off += size {
+					if _, err := r.ctx.EncryptUpdate(r.s, buf); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := r.ctx.EncryptFinal(r.s); err != nil {
+					b.Fatal(err)
+				}
+				params.Free()
+			}
+		})
+	}
 }

@@ -41,6 +41,10 @@ type Config struct {
 	// PolicyCheck says which generated keys have their policy attributes
 	// read back (default CheckEveryKey). Unwrapped keys are always checked.
 	PolicyCheck PolicyCheck
+	// ChunkSize is the size of the parts Encrypt and Decrypt hand the token
+	// (default DefaultChunkSize; 4 KiB to 16 MiB). Larger parts mean fewer
+	// round trips to a networked HSM.
+	ChunkSize int
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64

@@ -409,3 +409,22 @@ func writeCertFor(t testing.TB, path string, pub *rsa.PublicKey) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 }
+
+func TestChunkSizes(t *testing.T) {
+	fk := makeFormatKEKs(t)
+	for _, size := range []int{4 << 10, 1 << 20} {
+		p := openProvider(t, func(c *Config) { c.ChunkSize = size })
+		kek := mustKEK(t, p, fk.aes256)
+		msg := make([]byte, 5<<20+3)
+		_, _ = rand.Read(msg)
+		var out, got bytes.Buffer
+		require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), -1, []*KEK{kek}, Options{}))
+		require.NoError(t, p.Decrypt(bg, &got, bytes.NewReader(out.Bytes()), int64(out.Len()), Options{}))
+		require.True(t, bytes.Equal(msg, got.Bytes()), "chunk size %d", size)
+		require.NoError(t, p.Close())
+	}
+	for _, bad := range []int{-1, 100, 32 << 20} {
+		_, err := Open(bg, Config{Module: tok.module, TokenLabel: tok.label, PIN: PINValue([]byte(tok.userPIN)), ChunkSize: bad})
+		require.ErrorIs(t, err, ErrConfig, "chunk size %d", bad)
+	}
+}

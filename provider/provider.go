@@ -109,6 +109,9 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.ExportPolicy != ExportTrusted && cfg.ExportPolicy != ExportNone {
 		return nil, fmt.Errorf("%w: export policy %v", ErrConfig, cfg.ExportPolicy)
 	}
+	if cfg.ChunkSize != 0 && (cfg.ChunkSize < 4<<10 || cfg.ChunkSize > 16<<20) {
+		return nil, fmt.Errorf("%w: chunk size %d (want 4 KiB to 16 MiB)", ErrConfig, cfg.ChunkSize)
+	}
 	if cfg.PolicyCheck != CheckEveryKey && cfg.PolicyCheck != CheckFirstKey {
 		return nil, fmt.Errorf("%w: policy check %d", ErrConfig, cfg.PolicyCheck)
 	}

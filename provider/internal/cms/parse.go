@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -287,9 +288,9 @@ func (h *Header) parseGCMAlg(raw []byte) error {
 	}
 	switch {
 	case bytes.Equal(oid, derAES128GCM):
-		h.Algorithm = OIDAES128GCM
+		h.Algorithm = slices.Clone(OIDAES128GCM) // callers own what Parse returns
 	case bytes.Equal(oid, derAES256GCM):
-		h.Algorithm = OIDAES256GCM
+		h.Algorithm = slices.Clone(OIDAES256GCM)
 	default:
 		return unsupported("content encryption algorithm %s", oidString(oid))
 	}

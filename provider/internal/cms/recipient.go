@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -216,7 +217,7 @@ func parseKEK(s cryptobyte.String) (*KEKRecipient, error) {
 	if !alg.Empty() {
 		return nil, malformed("key wrap algorithm with parameters")
 	}
-	r.WrapAlg = wrapAlgs[i].oid
+	r.WrapAlg = slices.Clone(wrapAlgs[i].oid) // callers own what Parse returns
 	if !s.ReadASN1Bytes(&r.EncryptedKey, cbasn1.OCTET_STRING) || !s.Empty() {
 		return nil, malformed("bad KEKRecipientInfo encryptedKey")
 	}
@@ -369,35 +370,6 @@ func wrapAlgIndex(der []byte) int {
 
 // oidDERorNil is oidDER for values that come from callers.
 func oidDERorNil(o asn1.ObjectIdentifier) []byte {
-	for _, k := range knownOIDs {
-		if o.Equal(k.oid) {
-			return k.der // callers copy it into a builder; never modified
-		}
-	}
-	return oidDERSlow(o)
-}
-
-// knownOIDs caches the DER of the algorithm identifiers written on every
-// message (the generic conversion costs microseconds per call).
-var knownOIDs = func() []struct {
-	oid asn1.ObjectIdentifier
-	der []byte
-} {
-	var out []struct {
-		oid asn1.ObjectIdentifier
-		der []byte
-	}
-	for _, o := range []asn1.ObjectIdentifier{OIDAES128GCM, OIDAES256GCM, OIDAES128Wrap, OIDAES192Wrap,
-		OIDAES256Wrap, OIDAES128WrapPad, OIDAES192WrapPad, OIDAES256WrapPad, OIDRSAESOAEP} {
-		out = append(out, struct {
-			oid asn1.ObjectIdentifier
-			der []byte
-		}{o, oidDERSlow(o)})
-	}
-	return out
-}()
-
-func oidDERSlow(o asn1.ObjectIdentifier) []byte {
 	x, err := x509.OIDFromASN1OID(o)
 	if err != nil {
 		return nil

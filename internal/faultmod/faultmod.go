@@ -96,6 +96,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/hsmkeys/hsmkeys/internal/pkcs11h"
 	"io/fs"
 	"math"
 	"os"
@@ -125,8 +126,15 @@ const (
 // ErrNoCompiler is returned (wrapped) by [Build] when gcc is not on PATH.
 var ErrNoCompiler = errors.New("faultmod: gcc not found")
 
-//go:embed faultmod.c include/pkcs11.h include/pkcs11f.h include/pkcs11t.h
+//go:embed faultmod.c
 var sources embed.FS
+
+// buildFS lays out what gcc compiles: faultmod.c, and the PKCS#11 headers
+// (internal/pkcs11h) under include/.
+var buildFS = []struct {
+	dir string
+	fs  embed.FS
+}{{".", sources}, {"include", pkcs11h.Headers}}
 
 var (
 	buildMu sync.Mutex
@@ -176,8 +184,10 @@ func build(dir string) (string, error) {
 		return "", fmt.Errorf("faultmod: %w", err)
 	}
 	defer os.RemoveAll(src)
-	if err := os.CopyFS(src, sources); err != nil {
-		return "", fmt.Errorf("faultmod: %w", err)
+	for _, b := range buildFS {
+		if err := os.CopyFS(filepath.Join(src, b.dir), b.fs); err != nil {
+			return "", fmt.Errorf("faultmod: %w", err)
+		}
 	}
 	cmd := exec.Command(gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
 		"-o", "faultmod.so", "faultmod.c", "-ldl", "-lpthread")
@@ -194,20 +204,22 @@ func build(dir string) (string, error) {
 
 func sourceHash() (string, error) {
 	h := sha256.New()
-	err := fs.WalkDir(sources, ".", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := sources.ReadFile(path)
+	for _, src := range buildFS {
+		err := fs.WalkDir(src.fs, ".", func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := src.fs.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%s/%s %d\n", src.dir, path, len(b))
+			h.Write(b)
+			return nil
+		})
 		if err != nil {
-			return err
+			return "", fmt.Errorf("faultmod: %w", err)
 		}
-		fmt.Fprintf(h, "%s %d\n", path, len(b))
-		h.Write(b)
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("faultmod: %w", err)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }

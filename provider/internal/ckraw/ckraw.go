@@ -32,6 +32,7 @@
 package ckraw
 
 /*
+#cgo CFLAGS: -I${SRCDIR}/../../../internal/pkcs11h
 #cgo linux LDFLAGS: -ldl
 #cgo freebsd LDFLAGS: -ldl
 #cgo darwin LDFLAGS: -ldl

@@ -739,3 +739,20 @@ func TestDoctor(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, before, raw.sessionKeys(t), "doctor leaves nothing behind")
 }
+
+func TestDoctorTriesKEKsUnderExportNone(t *testing.T) {
+	a := openAdmin(t)
+	good := makeKEK(t, a, uniqueName(t, "doctor-none"), KEKAES256)
+	p := openProvider(t, func(c *Config) { c.ExportPolicy = ExportNone })
+	checks, err := p.Doctor(bg)
+	require.NoError(t, err)
+	var found bool
+	for _, c := range checks {
+		if c.Name == "kek "+good.Label+" v1" {
+			found = true
+			assert.True(t, c.OK, c.Detail)
+			assert.Contains(t, c.Detail, "wrap and unwrap work")
+		}
+	}
+	assert.True(t, found)
+}

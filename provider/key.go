@@ -83,6 +83,11 @@ type Key struct {
 
 // Generate makes a new session key on the token.
 func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
+	return p.generate(ctx, alg, p.cfg.ExportPolicy == ExportTrusted)
+}
+
+// generate makes a session key, exportable (under trusted KEKs) or not.
+func (p *Provider) generate(ctx context.Context, alg Algorithm, exportable bool) (*Key, error) {
 	n := alg.bytes()
 	if n == 0 {
 		return nil, fmt.Errorf("%w: algorithm %v", ErrInvalidInput, alg)
@@ -91,7 +96,6 @@ func (p *Provider) Generate(ctx context.Context, alg Algorithm) (*Key, error) {
 		return nil, err
 	}
 	defer p.end()
-	exportable := p.cfg.ExportPolicy == ExportTrusted
 	k := &Key{p: p, alg: alg, exportable: exportable}
 	spec := p11.SecretKeySpec{Bytes: n, Extractable: exportable, WrapWithTrusted: exportable}
 	verify := true

@@ -31,7 +31,7 @@ func (s *Session) Handle() uint { return uint(s.h) }
 // limit tries to open a session again.
 const sessionCountRetry = 50 * time.Millisecond
 
-// ErrPoolClosed is returned by Get after Close.
+// ErrPoolClosed: a session was to be opened after Close.
 var ErrPoolClosed = errors.New("session pool closed")
 
 // Pool is a bounded set of read-write sessions on one token, all logged in
@@ -209,9 +209,6 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-		}
-		if s == nil {
-			return nil, ErrPoolClosed
 		}
 		if s.Dead() {
 			p.discard(s)

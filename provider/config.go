@@ -166,7 +166,8 @@ type PINSource interface {
 	ReadPIN(ctx context.Context, token TokenInfo) ([]byte, error)
 }
 
-// PINError-free errors from PIN sources.
+// ErrPINSource: a PIN source could not give a PIN (a missing or empty
+// file, an unset variable, a failed prompt). The PIN was not tried.
 var ErrPINSource = errors.New("cannot read pin")
 
 type pinValue struct{ b []byte }

@@ -348,7 +348,8 @@ func (p *Provider) KEKByID(ctx context.Context, id []byte) (*KEK, error) {
 	return k, nil
 }
 
-// KEKByPublicKey returns the RSA KEK whose public key is pub.
+// KEKByPublicKey returns the first RSA KEK whose public key match accepts
+// (for example, by subject key identifier).
 func (p *Provider) KEKByPublicKey(ctx context.Context, match func(*rsa.PublicKey) bool) (*KEK, error) {
 	ks, err := p.KEKs(ctx)
 	if err != nil {

@@ -423,6 +423,14 @@ type WrappedKey struct {
 // strongest hash the token accepts (SoftHSM 2.6.1: SHA-1 only), recorded in
 // the result.
 func (p *Provider) Wrap(ctx context.Context, k *Key, kek *KEK) (*WrappedKey, error) {
+	return p.WrapWith(ctx, k, kek, 0)
+}
+
+// WrapWith is Wrap with a chosen mechanism: AESKeyWrap or AESKeyWrapPad
+// (RFC 5649: CKM_AES_KEY_WRAP_PAD, or CKM_AES_KEY_WRAP_KWP on tokens that
+// name it so) for an AES KEK, RSAOAEPSHA1 or RSAOAEPSHA256 for an RSA KEK;
+// 0 chooses as Wrap does.
+func (p *Provider) WrapWith(ctx context.Context, k *Key, kek *KEK, m WrapMechanism) (*WrappedKey, error) {
 	if kek == nil {
 		return nil, fmt.Errorf("wrap: %w: nil kek", ErrInvalidInput)
 	}
@@ -432,9 +440,17 @@ func (p *Provider) Wrap(ctx context.Context, k *Key, kek *KEK) (*WrappedKey, err
 	if k != nil && !k.exportable {
 		return nil, fmt.Errorf("wrap: %w: %v was generated under export policy none", ErrPolicy, k)
 	}
+	if m != 0 {
+		if _, err := m.p11(); err != nil {
+			return nil, fmt.Errorf("wrap: %w", err)
+		}
+		if m.isRSA() != kek.Type.IsRSA() {
+			return nil, fmt.Errorf("wrap: %w: %v cannot wrap with %v", ErrInvalidInput, kek, m)
+		}
+	}
 	var out *WrappedKey
 	err := k.use(ctx, "wrap", func(s *p11.Session) error {
-		w, err := p.wrapOn(s, k.obj, k.alg, kek)
+		w, err := p.wrapWith(s, k.obj, k.alg, kek, m)
 		out = w
 		return err
 	})
@@ -446,8 +462,17 @@ func (p *Provider) Wrap(ctx context.Context, k *Key, kek *KEK) (*WrappedKey, err
 
 // wrapOn wraps obj under kek on session s, choosing the mechanism.
 func (p *Provider) wrapOn(s *p11.Session, obj p11.Object, alg Algorithm, kek *KEK) (*WrappedKey, error) {
+	return p.wrapWith(s, obj, alg, kek, 0)
+}
+
+// wrapWith wraps obj under kek with m, or (m == 0) RFC 3394 for an AES KEK
+// and the best OAEP the token takes for an RSA one.
+func (p *Provider) wrapWith(s *p11.Session, obj p11.Object, alg Algorithm, kek *KEK, m WrapMechanism) (*WrappedKey, error) {
 	mechs := []WrapMechanism{AESKeyWrap}
-	if kek.Type.IsRSA() {
+	switch {
+	case m != 0:
+		mechs = []WrapMechanism{m}
+	case kek.Type.IsRSA():
 		mechs = p.oaepOrder()
 	}
 	var last error

@@ -756,3 +756,35 @@ func TestDoctorTriesKEKsUnderExportNone(t *testing.T) {
 	}
 	assert.True(t, found)
 }
+
+func TestWrapWithPadding(t *testing.T) {
+	a := openAdmin(t)
+	kek := makeKEK(t, a, uniqueName(t, "kwp"), KEKAES256)
+	rsaKEK := makeKEK(t, a, uniqueName(t, "kwp-rsa"), KEKRSA2048)
+	p := openProvider(t)
+	kek, rsaKEK = mustKEK(t, p, kek), mustKEK(t, p, rsaKEK)
+	for _, alg := range []Algorithm{AES128, AES256} {
+		k, err := p.Generate(bg, alg)
+		require.NoError(t, err)
+		w, err := p.WrapWith(bg, k, kek, AESKeyWrapPad)
+		require.NoError(t, err)
+		assert.Equal(t, AESKeyWrapPad, w.Mechanism)
+		plain, err := p.WrapWith(bg, k, kek, AESKeyWrap)
+		require.NoError(t, err)
+		assert.NotEqual(t, plain.Bytes, w.Bytes, "RFC 5649 uses another integrity value than RFC 3394")
+		back, err := p.Unwrap(bg, w)
+		require.NoError(t, err)
+		sealed, err := k.Seal(bg, []byte("kwp"), nil)
+		require.NoError(t, err)
+		_, err = back.Open(bg, sealed, nil)
+		require.NoError(t, err)
+	}
+	k, err := p.Generate(bg, AES256)
+	require.NoError(t, err)
+	_, err = p.WrapWith(bg, k, kek, RSAOAEPSHA1)
+	require.ErrorIs(t, err, ErrInvalidInput, "an aes kek cannot wrap with oaep")
+	_, err = p.WrapWith(bg, k, rsaKEK, AESKeyWrapPad)
+	require.ErrorIs(t, err, ErrInvalidInput)
+	_, err = p.WrapWith(bg, k, kek, WrapMechanism(42))
+	require.ErrorIs(t, err, ErrUnsupported)
+}

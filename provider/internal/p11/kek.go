@@ -529,6 +529,23 @@ func (w WrapMech) mechanism() ([]*pkcs11.Mechanism, error) {
 	return nil, fmt.Errorf("%w: wrap mechanism 0x%X", ErrInput, w.Mech)
 }
 
+// padAlternative: RFC 5649 goes by two mechanism numbers,
+// CKM_AES_KEY_WRAP_PAD (SoftHSM; PKCS#11 v2.40 drafts) and
+// CKM_AES_KEY_WRAP_KWP (PKCS#11 v3.0 §2.15.4). When the token does not know
+// the one asked for, the other is tried.
+func padAlternative(mech WrapMech, err error) (WrapMech, bool) {
+	if code, _ := CodeOf(err); code != pkcs11.CKR_MECHANISM_INVALID {
+		return WrapMech{}, false
+	}
+	switch mech.Mech {
+	case pkcs11.CKM_AES_KEY_WRAP_PAD:
+		return WrapMech{Mech: CKMAESKeyWrapKWP}, true
+	case CKMAESKeyWrapKWP:
+		return WrapMech{Mech: pkcs11.CKM_AES_KEY_WRAP_PAD}, true
+	}
+	return WrapMech{}, false
+}
+
 // CKMAESKeyWrapKWP is CKM_AES_KEY_WRAP_KWP of PKCS#11 v3.0 (RFC 5649), which
 // miekg v1.1.2 does not name. SoftHSM 2.6.1 offers RFC 5649 as
 // CKM_AES_KEY_WRAP_PAD instead.
@@ -547,6 +564,9 @@ func (p *Pool) Wrap(s *Session, mech WrapMech, kek, key Object) ([]byte, error) 
 		// AES key wrap has no parameters: one C_WrapKey with room for a
 		// 256-bit key (RFC 3394/5649: the key plus 8 bytes).
 		out, err := p.mod.raw.WrapKey(uint(s.h), mech.Mech, uint(kek), uint(key), 64)
+		if alt, ok := padAlternative(mech, err); ok {
+			out, err = p.mod.raw.WrapKey(uint(s.h), alt.Mech, uint(kek), uint(key), 64)
+		}
 		return out, wrapErr("C_WrapKey", err)
 	}
 	out, err := p.ctx().WrapKey(s.h, m, pkcs11.ObjectHandle(kek), pkcs11.ObjectHandle(key))
@@ -588,6 +608,10 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 		tmpl = append(tmpl, pkcs11.NewAttribute(a.t, a.v))
 	}
 	h, err := p.ctx().UnwrapKey(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl)
+	if alt, ok := padAlternative(mech, err); ok {
+		am, _ := alt.mechanism()
+		h, err = p.ctx().UnwrapKey(s.h, am, pkcs11.ObjectHandle(kek), wrapped, tmpl)
+	}
 	if err != nil {
 		err = wrapErr("C_UnwrapKey", err)
 		if code, _ := CodeOf(err); unwrapFailure(code) {

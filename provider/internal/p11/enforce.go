@@ -1,16 +1,11 @@
 package p11
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
-
-// ErrNotEnforced: the token does not enforce a rule the export policy rests
-// on. The message names the check.
-var ErrNotEnforced = errors.New("token does not enforce the export policy")
 
 // Check names, in the order CheckEnforcement runs them.
 const (

@@ -176,38 +176,6 @@ func ulong(b []byte) (uint64, bool) {
 	return 0, false
 }
 
-// Bools reads boolean attributes of obj. A missing attribute reads as false
-// with ok[i] false.
-func (p *Pool) Bools(s *Session, obj Object, types ...uint) (vals, ok []bool, err error) {
-	if len(types) == 0 {
-		return nil, nil, nil
-	}
-	q := make([]*pkcs11.Attribute, len(types))
-	for i, t := range types {
-		q[i] = &pkcs11.Attribute{Type: t}
-	}
-	got, err := p.ctx().GetAttributeValue(s.h, pkcs11.ObjectHandle(obj), q)
-	if err != nil {
-		return nil, nil, wrapErr("C_GetAttributeValue", err)
-	}
-	vals, ok = make([]bool, len(types)), make([]bool, len(types))
-	for i, a := range got {
-		if len(a.Value) == 1 {
-			vals[i], ok[i] = a.Value[0] != 0, true
-		}
-	}
-	return vals, ok, nil
-}
-
-// Attribute reads one attribute of obj as bytes.
-func (p *Pool) Attribute(s *Session, obj Object, t uint) ([]byte, error) {
-	got, err := p.ctx().GetAttributeValue(s.h, pkcs11.ObjectHandle(obj), []*pkcs11.Attribute{{Type: t}})
-	if err != nil {
-		return nil, wrapErr("C_GetAttributeValue", err)
-	}
-	return got[0].Value, nil
-}
-
 // GCM parameters: 96-bit nonce, 128-bit tag (NIST SP 800-38D §5.2.1.1,
 // PKCS#11 v2.40 mechanisms §2.12.3 CK_GCM_PARAMS).
 const (
@@ -271,22 +239,5 @@ func (p *Pool) Find(s *Session, tmpl map[uint]any, max int) ([]Object, error) {
 		}
 		attrs = append(attrs, pkcs11.NewAttribute(t, v))
 	}
-	if err := p.ctx().FindObjectsInit(s.h, attrs); err != nil {
-		return nil, wrapErr("C_FindObjectsInit", err)
-	}
-	var out []Object
-	for len(out) < max {
-		hs, _, err := p.ctx().FindObjects(s.h, min(max-len(out), 64))
-		if err != nil {
-			_ = p.ctx().FindObjectsFinal(s.h)
-			return nil, wrapErr("C_FindObjects", err)
-		}
-		if len(hs) == 0 {
-			break
-		}
-		for _, h := range hs {
-			out = append(out, Object(h))
-		}
-	}
-	return out, wrapErr("C_FindObjectsFinal", p.ctx().FindObjectsFinal(s.h))
+	return findObjects(p.ctx(), s.h, attrs, max)
 }

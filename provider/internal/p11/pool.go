@@ -23,10 +23,6 @@ type Session struct {
 // object created in it is gone (PKCS#11 v2.40 §4.4).
 func (s *Session) Dead() bool { return s.dead.Load() }
 
-// Handle is the raw session handle, for the few callers (ckraw) that make
-// PKCS#11 calls outside miekg.
-func (s *Session) Handle() uint { return uint(s.h) }
-
 // sessionCountRetry is how often a caller waiting at the token's session
 // limit tries to open a session again.
 const sessionCountRetry = 50 * time.Millisecond

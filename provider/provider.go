@@ -118,17 +118,60 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
 	}
-	mod, err := p11.Load(cfg.Module)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}}
-	if err := p.open(ctx); err != nil {
-		clear(p.pin)
+	// A token may fail to open for a moment (SoftHSM's file store under
+	// several processes, SoftHSMv2 #757): it is missing from the slot list,
+	// or C_GetTokenInfo, C_OpenSession or C_Login fail with
+	// CKR_GENERAL_ERROR. SoftHSM reads its token directory only in
+	// C_Initialize, so each try loads the module again (C_Finalize and
+	// C_Initialize when no other part of the process holds it). The PIN is
+	// read once for all tries.
+	var pin []byte
+	seen := false
+	for try := 1; ; try++ {
+		mod, err := p11.Load(cfg.Module)
+		if err != nil {
+			clear(pin)
+			return nil, mapErr(err)
+		}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin}
+		err = p.open(ctx)
+		if err == nil {
+			return p, nil
+		}
+		pin = p.pin
+		seen = seen || p.token.Label != "" || p.token.Serial != ""
 		mod.Release()
-		return nil, err
+		if !openTransient(err) || try == p11.MaxTries {
+			clear(pin)
+			return nil, openFailed(err, try, seen)
+		}
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			clear(pin)
+			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, seen))
+		}
 	}
-	return p, nil
+}
+
+// openTransient reports whether Open may try again after err: the token
+// was not in the slot list, or a call that had no effect failed as a busy
+// token's calls do (p11.Transient). A refused PIN never is.
+func openTransient(err error) bool {
+	var tnf *TokenNotFoundError
+	return errors.As(err, &tnf) || p11.Transient(err)
+}
+
+// openFailed says how often Open tried, and whether an earlier try saw the
+// token it could not open at the end.
+func openFailed(err error, tries int, seen bool) error {
+	var tnf *TokenNotFoundError
+	if errors.As(err, &tnf) {
+		tnf.Tries, tnf.Seen = tries, seen
+		return err
+	}
+	if p11.Transient(err) {
+		return fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, tries)
+	}
+	return err
 }
 
 func (p *Provider) open(ctx context.Context) error {
@@ -147,11 +190,13 @@ func (p *Provider) open(ctx context.Context) error {
 	if p.cfg.PIN == nil {
 		return fmt.Errorf("%w: no pin source (session keys are private objects and need a login)", ErrConfig)
 	}
-	pin, err := p.cfg.PIN.ReadPIN(ctx, tok)
-	if err != nil {
-		return err
+	if p.pin == nil {
+		pin, err := p.cfg.PIN.ReadPIN(ctx, tok)
+		if err != nil {
+			return err
+		}
+		p.pin = pin
 	}
-	p.pin = pin
 	pool, first, err := p11.NewPool(p.mod, tok.Slot, p.cfg.MaxSessions, func() ([]byte, error) {
 		return bytes.Clone(p.pin), nil
 	})

@@ -3,6 +3,7 @@ package provider
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
@@ -110,7 +111,7 @@ func (e *TokenNotFoundError) Error() string {
 	switch {
 	case e.Seen:
 		fmt.Fprintf(&b, " (it was there a moment ago; tried %d times)", e.Tries)
-	case e.Tries > 1:
+	case e.Tries > 1 && !slices.ContainsFunc(e.Tokens, func(t TokenInfo) bool { return t.Initialized }):
 		fmt.Fprintf(&b, " (tried %d times)", e.Tries)
 	}
 	if len(e.Tokens) == 0 {

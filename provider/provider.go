@@ -141,7 +141,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 		pin = p.pin
 		seen = seen || p.token.Label != "" || p.token.Serial != ""
 		mod.Release()
-		if !openTransient(err) || try == p11.MaxTries {
+		if !openTransient(err, try) || try == p11.MaxTries {
 			clear(pin)
 			return nil, openFailed(err, try, seen)
 		}
@@ -152,12 +152,17 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 }
 
-// openTransient reports whether Open may try again after err: the token
-// was not in the slot list, or a call that had no effect failed as a busy
-// token's calls do (p11.Transient). A refused PIN never is.
-func openTransient(err error) bool {
+// openTransient reports whether Open may try again after err (try tries
+// so far): the token was not in the slot list, or a call that had no effect
+// failed as a busy token's calls do (p11.Transient). A refused PIN never
+// is. When the module shows other initialised tokens, a missing one is more
+// likely a typo than a token that failed to load, and gets 3 tries.
+func openTransient(err error, try int) bool {
 	var tnf *TokenNotFoundError
-	return errors.As(err, &tnf) || p11.Transient(err)
+	if errors.As(err, &tnf) {
+		return try < 3 || !slices.ContainsFunc(tnf.Tokens, func(t TokenInfo) bool { return t.Initialized })
+	}
+	return p11.Transient(err)
 }
 
 // openFailed says how often Open tried, and whether an earlier try saw the

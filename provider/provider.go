@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 	"github.com/miekg/pkcs11"
@@ -40,6 +42,15 @@ type Provider struct {
 	// Close, so Close waits for them.
 	mu     sync.RWMutex
 	closed bool
+
+	closing   atomic.Bool   // Shutdown began: no new operation starts
+	closeOnce sync.Once     // starts the shutdown work (finish)
+	closeDone chan struct{} // closed when finish is done
+	closeErr  error         // what finish found; read after closeDone
+	// shutMu orders finish and the early destruction of idle keys when a
+	// Shutdown's context ends first; finished is set by finish.
+	shutMu   sync.Mutex
+	finished bool
 
 	keysMu sync.Mutex
 	keys   map[*Key]struct{}
@@ -133,7 +144,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{})}
 		err = p.open(ctx)
 		if err == nil {
 			return p, nil
@@ -309,6 +320,10 @@ func (p *Provider) Sessions() int { return p.pool.Open() }
 
 // begin marks an operation in flight; end must follow.
 func (p *Provider) begin() error {
+	if p.closing.Load() {
+		// Checked first: a Shutdown waiting for mu would make RLock wait.
+		return ErrClosed
+	}
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
@@ -340,17 +355,79 @@ func (p *Provider) do(ctx context.Context, fn func(s *p11.Session) error) error 
 	}
 }
 
-// Close destroys every session key this provider made, closes its sessions
-// and releases the module. It waits for operations in flight. Keys used after
-// Close return ErrKeyDestroyed. Close is idempotent.
-func (p *Provider) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
+// doDetached is do for work that must happen even when ctx is done
+// (destroying a key): ctx only bounds the wait for a session, and once it
+// is done a session is taken only if one is free at once (p11.ErrPoolBusy
+// if not). The token call itself runs whatever ctx says.
+func (p *Provider) doDetached(ctx context.Context, fn func(s *p11.Session) error) error {
+	for attempt := 0; ; attempt++ {
+		var s *p11.Session
+		var err error
+		if ctx.Err() == nil {
+			s, err = p.pool.Get(ctx)
+		}
+		if s == nil && ctx.Err() != nil {
+			s, err = p.pool.TryGet()
+		}
+		if err != nil {
+			return p.loginErr(err)
+		}
+		err = fn(s)
+		retry := err != nil && p.pool.Check(s, err)
+		p.pool.Put(s)
+		if !retry || attempt > 0 {
+			return err
+		}
 	}
+}
+
+// Close destroys every session key this provider made, closes its sessions
+// and releases the module. It waits for operations in flight, without
+// bound: Shutdown bounds the wait. Keys used after Close return
+// ErrKeyDestroyed. Close is idempotent; every call returns what the first
+// found.
+func (p *Provider) Close() error { return p.Shutdown(context.Background()) }
+
+// Shutdown is Close with a bound on the wait. New operations fail with
+// ErrClosed at once; operations in flight may finish. An operation blocked
+// in the caller's reader or writer (an Encrypt whose src.Read does not
+// return) ends with ErrClosed when that call returns.
+//
+// If ctx ends first, Shutdown destroys the keys no operation is using and
+// returns ctx's error; the rest of the work (the keys in use, the sessions,
+// the module) is done when the last operation in flight ends. Shutdown and
+// Close may be called again, and then wait for that work.
+func (p *Provider) Shutdown(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		p.closing.Store(true)
+		go func() {
+			p.closeErr = p.finish()
+			close(p.closeDone)
+		}()
+	})
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	default:
+	}
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	case <-ctx.Done():
+	}
+	p.destroyIdleKeys()
+	return fmt.Errorf("shutdown: %w: operations still in flight; their keys, the sessions and the module are released when they end", context.Cause(ctx))
+}
+
+// finish waits for the operations in flight, then destroys every key left,
+// closes the sessions and releases the module.
+func (p *Provider) finish() error {
+	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	p.shutMu.Lock()
+	defer p.shutMu.Unlock()
+	p.finished = true
 
 	p.keysMu.Lock()
 	keys := p.keys
@@ -360,7 +437,7 @@ func (p *Provider) Close() error {
 	var errs []error
 	ctx := context.Background()
 	for k := range keys {
-		if err := k.destroy(ctx, false); err != nil && !errors.Is(err, ErrKeyLost) && !errors.Is(err, ErrKeyDestroyed) {
+		if err := k.destroy(ctx); err != nil && !errors.Is(err, ErrKeyLost) && !errors.Is(err, ErrKeyDestroyed) {
 			errs = append(errs, err)
 		}
 	}
@@ -370,6 +447,83 @@ func (p *Provider) Close() error {
 		errs = append(errs, mapErr(err))
 	}
 	return errors.Join(errs...)
+}
+
+// destroyIdleKeys destroys, while operations are still in flight, the keys
+// none of them is using, on sessions that are free at once; finish destroys
+// the others. Errors are left for finish, which tries again.
+func (p *Provider) destroyIdleKeys() {
+	p.shutMu.Lock()
+	defer p.shutMu.Unlock()
+	if p.finished {
+		return
+	}
+	p.keysMu.Lock()
+	keys := make([]*Key, 0, len(p.keys))
+	for k := range p.keys {
+		keys = append(keys, k)
+	}
+	p.keysMu.Unlock()
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // take free sessions only; never wait behind the operations
+	for _, k := range keys {
+		if k.mu.TryLock() {
+			_ = k.destroyLocked(done)
+			k.mu.Unlock()
+		}
+	}
+}
+
+// closingReader, closingReaderAt and closingWriter end an operation with
+// ErrClosed at its next read or write once Shutdown has begun, so that an
+// operation blocked in the caller's reader or writer ends when that call
+// returns.
+type closingReader struct {
+	p *Provider
+	r io.Reader
+}
+
+func (c closingReader) Read(b []byte) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.r.Read(b)
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	return n, err
+}
+
+type closingReaderAt struct {
+	p *Provider
+	r io.ReaderAt
+}
+
+func (c closingReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.r.ReadAt(b, off)
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	return n, err
+}
+
+type closingWriter struct {
+	p *Provider
+	w io.Writer
+}
+
+func (c closingWriter) Write(b []byte) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.w.Write(b)
+	if err == nil && c.p.closing.Load() {
+		return n, ErrClosed
+	}
+	return n, err
 }
 
 // mapErr adds the sentinel a caller branches on to a token error.

@@ -215,6 +215,37 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 	}
 }
 
+// ErrPoolBusy: TryGet found every session in use and no room for another.
+var ErrPoolBusy = errors.New("every session is in use")
+
+// TryGet is Get without waiting: an idle session, or a new one if fewer
+// than max are open, else ErrPoolBusy. It is for work that must be done
+// even after its context ended (destroying a key).
+func (p *Pool) TryGet() (*Session, error) {
+	for {
+		select {
+		case s := <-p.idle:
+			if s.Dead() {
+				p.discard(s)
+				continue
+			}
+			return s, nil
+		default:
+		}
+		select {
+		case p.slots <- struct{}{}:
+			s, err := p.open()
+			if err != nil {
+				<-p.slots
+				return nil, err
+			}
+			return s, nil
+		default:
+			return nil, ErrPoolBusy
+		}
+	}
+}
+
 // GetPair returns two sessions, for work that needs two operations active
 // at once (a token runs one operation per session: SoftHSM answers
 // CKR_OPERATION_ACTIVE). At most max/2 callers hold pairs, so that pair

@@ -337,21 +337,48 @@ func (p *Provider) end() { p.mu.RUnlock() }
 // do runs fn on a pooled session. When the token reports the session dead,
 // the pool learns which sessions are gone and fn is tried once more on a
 // fresh session (after a new login if the login state was lost).
+//
+// A session that failed to open transiently (p11.Transient: nothing was
+// opened) is tried again a few times, with a short wait that ends with ctx.
 func (p *Provider) do(ctx context.Context, fn func(s *p11.Session) error) error {
+	return p.doTries(ctx, false, fn)
+}
+
+// doRead is do for fn that only reads (object searches, attribute values):
+// a transient failure of fn (p11.Transient) is tried again as well.
+func (p *Provider) doRead(ctx context.Context, fn func(s *p11.Session) error) error {
+	return p.doTries(ctx, true, fn)
+}
+
+func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Session) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for attempt := 0; ; attempt++ {
+	for attempt, tries := 0, 1; ; {
 		s, err := p.pool.Get(ctx)
 		if err != nil {
+			if p11.Transient(err) && tries < p11.MaxTries {
+				tries++
+				if werr := p11.Backoff(ctx, tries); werr == nil {
+					continue
+				}
+			}
 			return p.loginErr(err)
 		}
 		err = fn(s)
 		retry := err != nil && p.pool.Check(s, err)
 		p.pool.Put(s)
+		if reads && !retry && p11.Transient(err) && tries < p11.MaxTries {
+			tries++
+			if werr := p11.Backoff(ctx, tries); werr == nil {
+				continue
+			}
+			return err
+		}
 		if !retry || attempt > 0 || ctx.Err() != nil {
 			return err
 		}
+		attempt++
 	}
 }
 
@@ -566,7 +593,7 @@ func (p *Provider) CountSessionKeys(ctx context.Context) (int, error) {
 	}
 	defer p.end()
 	var n int
-	err := p.do(ctx, func(s *p11.Session) error {
+	err := p.doRead(ctx, func(s *p11.Session) error {
 		objs, err := p.pool.Find(s, map[uint]any{
 			pkcs11.CKA_CLASS: pkcs11.CKO_SECRET_KEY,
 			pkcs11.CKA_TOKEN: false,

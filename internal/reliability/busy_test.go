@@ -148,3 +148,30 @@ func TestGenerateNotRetried(t *testing.T) {
 	assert.False(t, errors.Is(err, provider.ErrTokenBusy))
 	assert.Equal(t, uint64(1), snapshot(t).Calls["C_GenerateKey"]-n0, "C_GenerateKey calls")
 }
+
+// TestReadsRetried: object searches and attribute reads of a KEK lookup
+// only read, so a transient failure is tried again; the lookup succeeds.
+func TestReadsRetried(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	keks := newKEKs(t, kekSpec{"busy-aes", provider.KEKAES256})
+	p := open(t, 4)
+	for _, fault := range []string{
+		"fail C_FindObjectsInit CKR_GENERAL_ERROR count 2",
+		"fail C_FindObjects CKR_DEVICE_ERROR count 2",
+		"fail C_GetAttributeValue CKR_GENERAL_ERROR count 3",
+	} {
+		setFaults(t, fault)
+		k, err := p.KEK(ctx, keks[0].Label)
+		require.NoError(t, err, "kek lookup with %q", fault)
+		assert.Equal(t, keks[0].ID, k.ID)
+		n, err := p.CountSessionKeys(ctx)
+		require.NoError(t, err, "count with %q", fault)
+		assert.Zero(t, n)
+	}
+	setFaults(t, "fail C_FindObjects CKR_GENERAL_ERROR")
+	_, err := p.KEK(ctx, keks[0].Label)
+	code, ok := tokenCode(err)
+	require.True(t, ok, "%v", err)
+	assert.Equal(t, uint(pkcs11.CKR_GENERAL_ERROR), code, "a failure that does not pass is reported")
+}

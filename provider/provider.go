@@ -79,14 +79,24 @@ type EnforcementCheck struct {
 // ExportNone.
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
-// Tokens lists the tokens present in the module at path.
+// Tokens lists the tokens present in the module at path. A transient
+// failure (p11.Transient: SoftHSM's file store while other processes use
+// the token) is tried again a few times, loading the module anew.
 func Tokens(path string) ([]TokenInfo, error) {
-	mod, err := p11.Load(path)
-	if err != nil {
-		return nil, mapErr(err)
+	for try := 1; ; try++ {
+		mod, err := p11.Load(path)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		ts, err := tokens(mod)
+		mod.Release()
+		if err == nil || !p11.Transient(err) {
+			return ts, err
+		}
+		if try == p11.MaxTries || p11.Backoff(context.Background(), try+1) != nil {
+			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		}
 	}
-	defer mod.Release()
-	return tokens(mod)
 }
 
 func tokens(mod *p11.Module) ([]TokenInfo, error) {

@@ -3,6 +3,7 @@ package reliability
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/hsmkeys/hsmkeys/provider"
@@ -174,4 +175,17 @@ func TestReadsRetried(t *testing.T) {
 	code, ok := tokenCode(err)
 	require.True(t, ok, "%v", err)
 	assert.Equal(t, uint(pkcs11.CKR_GENERAL_ERROR), code, "a failure that does not pass is reported")
+}
+
+// TestTokensRetried: listing the tokens (hsmkeys tokens) tries a transient
+// failure again, and says so when it gives up.
+func TestTokensRetried(t *testing.T) {
+	need(t)
+	setFaults(t, "fail C_GetTokenInfo CKR_GENERAL_ERROR count 2")
+	ts, err := provider.Tokens(env.so)
+	require.NoError(t, err)
+	assert.True(t, slices.ContainsFunc(ts, func(ti provider.TokenInfo) bool { return ti.Label == tokenLabel }))
+	setFaults(t, "fail C_GetTokenInfo CKR_GENERAL_ERROR")
+	_, err = provider.Tokens(env.so)
+	require.ErrorIs(t, err, provider.ErrTokenBusy)
 }

@@ -41,6 +41,32 @@
 // it waits, and the wait ends with its context. Close waits for operations in
 // flight, and is idempotent.
 //
+// Key.Destroy destroys the token object whatever its context says: a
+// context that ended (a deferred Destroy at the end of a request) only
+// stops a wait for a session. If no session is free at once, Destroy
+// returns an error and the key stays with the provider, unusable, until a
+// later Destroy or Close destroys it; no object is left behind unnoticed.
+//
+// Shutdown(ctx) is Close with a bound: new operations fail with ErrClosed
+// at once, and when ctx ends first Shutdown destroys the keys no operation
+// is using and returns ctx's error. An operation blocked in the caller's
+// reader or writer (an Encrypt whose src.Read does not return) then ends
+// with ErrClosed when that call returns, and the rest (its key, the
+// sessions, the module) is released after it.
+//
+// # Several processes
+//
+// Several processes may use one token. Some tokens fail calls for a moment
+// while another process writes to them: SoftHSM's file object store does
+// (SoftHSMv2 #757), with the token missing from the slot list, or
+// CKR_GENERAL_ERROR from C_GetTokenInfo and C_Login. Open therefore tries
+// again, a few times with a short random wait that ends with its context,
+// what had no effect: finding the token, reading its information, opening
+// a session, and a login the token failed before looking at the PIN. A PIN
+// the token refused is never tried again, nor a call that may have made
+// something (C_GenerateKey). When Open gives up, the error says how often
+// it tried and matches ErrTokenBusy if the token was there a moment before.
+//
 // # Errors
 //
 // Callers branch with errors.Is on the exported sentinels (ErrNotFound,

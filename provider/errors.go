@@ -3,6 +3,7 @@ package provider
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
@@ -42,6 +43,12 @@ var (
 	ErrWrappedKeyInvalid = errors.New("wrapped key invalid or wrong kek")
 	// ErrConfig: the configuration is contradictory or incomplete.
 	ErrConfig = errors.New("invalid configuration")
+	// ErrTokenBusy: the token kept failing calls that usually succeed when
+	// made again (CKR_GENERAL_ERROR and the like from calls that had no
+	// effect), as SoftHSM's file store does while other processes use the
+	// same token (SoftHSMv2 #757). The provider tried a few times with a
+	// short wait before giving up; trying again later may work.
+	ErrTokenBusy = errors.New("token busy or failing")
 )
 
 // TokenError is a PKCS#11 return value other than CKR_OK: Op is the function
@@ -88,11 +95,25 @@ func (e *PINError) Unwrap() error { return e.err }
 type TokenNotFoundError struct {
 	Want   string      // what was asked for, e.g. `label "ci"`
 	Tokens []TokenInfo // what the module offers
+	// Tries is how often Open looked: it looks again, loading the module
+	// anew, because a token that is busy with other processes can be
+	// missing from the slot list for a moment (SoftHSMv2 #757).
+	Tries int
+	// Seen is true when an earlier try found the token and failed later
+	// (then the token exists and was busy; the error also matches
+	// ErrTokenBusy).
+	Seen bool
 }
 
 func (e *TokenNotFoundError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "token %s not found", e.Want)
+	switch {
+	case e.Seen:
+		fmt.Fprintf(&b, " (it was there a moment ago; tried %d times)", e.Tries)
+	case e.Tries > 1 && !slices.ContainsFunc(e.Tokens, func(t TokenInfo) bool { return t.Initialized }):
+		fmt.Fprintf(&b, " (tried %d times)", e.Tries)
+	}
 	if len(e.Tokens) == 0 {
 		b.WriteString("; the module shows no token")
 		return b.String()
@@ -107,4 +128,6 @@ func (e *TokenNotFoundError) Error() string {
 	return b.String()
 }
 
-func (e *TokenNotFoundError) Is(target error) bool { return target == ErrNotFound }
+func (e *TokenNotFoundError) Is(target error) bool {
+	return target == ErrNotFound || (e.Seen && target == ErrTokenBusy)
+}

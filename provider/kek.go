@@ -278,7 +278,7 @@ func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KE
 	}
 	defer p.end()
 	var out []*KEK
-	err := p.do(ctx, func(s *p11.Session) error {
+	err := p.doRead(ctx, func(s *p11.Session) error {
 		objs, err := p.pool.FindKEKs(s, label, id)
 		if err != nil {
 			return err

@@ -76,7 +76,8 @@ type Key struct {
 
 	// mu is held for reading by operations and for writing by destroy.
 	mu        sync.RWMutex
-	destroyed bool
+	destroyed bool // Destroy or Close was called: no more use
+	gone      bool // the token object is destroyed (or was lost)
 	lost      atomic.Bool
 	seals     atomic.Uint64
 }
@@ -297,6 +298,12 @@ func (k *Key) Open(ctx context.Context, sealed, additionalData []byte) ([]byte, 
 
 // Destroy destroys the key on the token. It is idempotent; afterwards every
 // use returns ErrKeyDestroyed. Destroying a lost key succeeds: it is gone.
+//
+// The token object is destroyed whatever ctx says (a request's context that
+// ended is the usual case of a deferred Destroy): a ctx that is done only
+// stops a wait for a session when all are busy. If no session is free then,
+// or the token fails, Destroy returns the error and the key stays with the
+// provider, unusable: a later Destroy or Close destroys it.
 func (k *Key) Destroy(ctx context.Context) error {
 	if k == nil {
 		return fmt.Errorf("destroy: %w: nil key", ErrInvalidInput)
@@ -305,35 +312,46 @@ func (k *Key) Destroy(ctx context.Context) error {
 		return nil // Close destroyed it
 	}
 	defer k.p.end()
-	return k.destroy(ctx, true)
+	return k.destroy(ctx)
 }
 
-func (k *Key) destroy(ctx context.Context, unregister bool) error {
+func (k *Key) destroy(ctx context.Context) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.destroyed {
+	return k.destroyLocked(ctx)
+}
+
+// destroyLocked is destroy; the caller holds k.mu for writing.
+func (k *Key) destroyLocked(ctx context.Context) error {
+	k.destroyed = true // from now on every use is refused
+	if k.gone {
 		return nil
-	}
-	k.destroyed = true
-	if unregister {
-		k.p.keysMu.Lock()
-		delete(k.p.keys, k)
-		k.p.keysMu.Unlock()
 	}
 	if k.lost.Load() || k.owner.Dead() {
+		k.forget()
 		return nil
 	}
-	err := k.p.do(ctx, func(s *p11.Session) error {
+	err := k.p.doDetached(ctx, func(s *p11.Session) error {
 		if k.owner.Dead() {
 			return nil
 		}
 		return k.p.pool.Destroy(s, k.obj)
 	})
-	if code, _ := p11.CodeOf(err); code == pkcs11.CKR_OBJECT_HANDLE_INVALID || k.owner.Dead() {
-		return nil // gone with its session
+	if code, _ := p11.CodeOf(err); err == nil || code == pkcs11.CKR_OBJECT_HANDLE_INVALID || k.owner.Dead() {
+		k.forget() // destroyed, or gone with its session
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("destroy: %w", mapErr(err))
+	if errors.Is(err, p11.ErrPoolBusy) {
+		return fmt.Errorf("destroy: %w: %w; Close or another Destroy destroys the key", context.Cause(ctx), err)
 	}
-	return nil
+	return fmt.Errorf("destroy: %w", mapErr(err))
+}
+
+// forget records that the key's token object is gone and drops the key
+// from the provider. The caller holds k.mu.
+func (k *Key) forget() {
+	k.gone = true
+	k.p.keysMu.Lock()
+	delete(k.p.keys, k)
+	k.p.keysMu.Unlock()
 }

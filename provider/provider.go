@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 	"github.com/miekg/pkcs11"
@@ -41,6 +43,15 @@ type Provider struct {
 	mu     sync.RWMutex
 	closed bool
 
+	closing   atomic.Bool   // Shutdown began: no new operation starts
+	closeOnce sync.Once     // starts the shutdown work (finish)
+	closeDone chan struct{} // closed when finish is done
+	closeErr  error         // what finish found; read after closeDone
+	// shutMu orders finish and the early destruction of idle keys when a
+	// Shutdown's context ends first; finished is set by finish.
+	shutMu   sync.Mutex
+	finished bool
+
 	keysMu sync.Mutex
 	keys   map[*Key]struct{}
 
@@ -68,14 +79,24 @@ type EnforcementCheck struct {
 // ExportNone.
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
-// Tokens lists the tokens present in the module at path.
+// Tokens lists the tokens present in the module at path. A transient
+// failure (p11.Transient: SoftHSM's file store while other processes use
+// the token) is tried again a few times, loading the module anew.
 func Tokens(path string) ([]TokenInfo, error) {
-	mod, err := p11.Load(path)
-	if err != nil {
-		return nil, mapErr(err)
+	for try := 1; ; try++ {
+		mod, err := p11.Load(path)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		ts, err := tokens(mod)
+		mod.Release()
+		if err == nil || !p11.Transient(err) {
+			return ts, err
+		}
+		if try == p11.MaxTries || p11.Backoff(context.Background(), try+1) != nil {
+			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		}
 	}
-	defer mod.Release()
-	return tokens(mod)
 }
 
 func tokens(mod *p11.Module) ([]TokenInfo, error) {
@@ -118,17 +139,65 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
 	}
-	mod, err := p11.Load(cfg.Module)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}}
-	if err := p.open(ctx); err != nil {
-		clear(p.pin)
+	// A token may fail to open for a moment (SoftHSM's file store under
+	// several processes, SoftHSMv2 #757): it is missing from the slot list,
+	// or C_GetTokenInfo, C_OpenSession or C_Login fail with
+	// CKR_GENERAL_ERROR. SoftHSM reads its token directory only in
+	// C_Initialize, so each try loads the module again (C_Finalize and
+	// C_Initialize when no other part of the process holds it). The PIN is
+	// read once for all tries.
+	var pin []byte
+	seen := false
+	for try := 1; ; try++ {
+		mod, err := p11.Load(cfg.Module)
+		if err != nil {
+			clear(pin)
+			return nil, mapErr(err)
+		}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{})}
+		err = p.open(ctx)
+		if err == nil {
+			return p, nil
+		}
+		pin = p.pin
+		seen = seen || p.token.Label != "" || p.token.Serial != ""
 		mod.Release()
-		return nil, err
+		if !openTransient(err, try) || try == p11.MaxTries {
+			clear(pin)
+			return nil, openFailed(err, try, seen)
+		}
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			clear(pin)
+			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, seen))
+		}
 	}
-	return p, nil
+}
+
+// openTransient reports whether Open may try again after err (try tries
+// so far): the token was not in the slot list, or a call that had no effect
+// failed as a busy token's calls do (p11.Transient). A refused PIN never
+// is. When the module shows other initialised tokens, a missing one is more
+// likely a typo than a token that failed to load, and gets 3 tries.
+func openTransient(err error, try int) bool {
+	var tnf *TokenNotFoundError
+	if errors.As(err, &tnf) {
+		return try < 3 || !slices.ContainsFunc(tnf.Tokens, func(t TokenInfo) bool { return t.Initialized })
+	}
+	return p11.Transient(err)
+}
+
+// openFailed says how often Open tried, and whether an earlier try saw the
+// token it could not open at the end.
+func openFailed(err error, tries int, seen bool) error {
+	var tnf *TokenNotFoundError
+	if errors.As(err, &tnf) {
+		tnf.Tries, tnf.Seen = tries, seen
+		return err
+	}
+	if p11.Transient(err) {
+		return fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, tries)
+	}
+	return err
 }
 
 func (p *Provider) open(ctx context.Context) error {
@@ -147,11 +216,13 @@ func (p *Provider) open(ctx context.Context) error {
 	if p.cfg.PIN == nil {
 		return fmt.Errorf("%w: no pin source (session keys are private objects and need a login)", ErrConfig)
 	}
-	pin, err := p.cfg.PIN.ReadPIN(ctx, tok)
-	if err != nil {
-		return err
+	if p.pin == nil {
+		pin, err := p.cfg.PIN.ReadPIN(ctx, tok)
+		if err != nil {
+			return err
+		}
+		p.pin = pin
 	}
-	p.pin = pin
 	pool, first, err := p11.NewPool(p.mod, tok.Slot, p.cfg.MaxSessions, func() ([]byte, error) {
 		return bytes.Clone(p.pin), nil
 	})
@@ -259,6 +330,10 @@ func (p *Provider) Sessions() int { return p.pool.Open() }
 
 // begin marks an operation in flight; end must follow.
 func (p *Provider) begin() error {
+	if p.closing.Load() {
+		// Checked first: a Shutdown waiting for mu would make RLock wait.
+		return ErrClosed
+	}
 	p.mu.RLock()
 	if p.closed {
 		p.mu.RUnlock()
@@ -272,35 +347,124 @@ func (p *Provider) end() { p.mu.RUnlock() }
 // do runs fn on a pooled session. When the token reports the session dead,
 // the pool learns which sessions are gone and fn is tried once more on a
 // fresh session (after a new login if the login state was lost).
+//
+// A session that failed to open transiently (p11.Transient: nothing was
+// opened) is tried again a few times, with a short wait that ends with ctx.
 func (p *Provider) do(ctx context.Context, fn func(s *p11.Session) error) error {
+	return p.doTries(ctx, false, fn)
+}
+
+// doRead is do for fn that only reads (object searches, attribute values):
+// a transient failure of fn (p11.Transient) is tried again as well.
+func (p *Provider) doRead(ctx context.Context, fn func(s *p11.Session) error) error {
+	return p.doTries(ctx, true, fn)
+}
+
+func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Session) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	for attempt := 0; ; attempt++ {
+	for attempt, tries := 0, 1; ; {
 		s, err := p.pool.Get(ctx)
+		if err != nil {
+			if p11.Transient(err) && tries < p11.MaxTries {
+				tries++
+				if werr := p11.Backoff(ctx, tries); werr == nil {
+					continue
+				}
+			}
+			return p.loginErr(err)
+		}
+		err = fn(s)
+		retry := err != nil && p.pool.Check(s, err)
+		p.pool.Put(s)
+		if reads && !retry && p11.Transient(err) && tries < p11.MaxTries {
+			tries++
+			if werr := p11.Backoff(ctx, tries); werr == nil {
+				continue
+			}
+			return err
+		}
+		if !retry || attempt > 0 || ctx.Err() != nil {
+			return err
+		}
+		attempt++
+	}
+}
+
+// doDetached is do for work that must happen even when ctx is done
+// (destroying a key): ctx only bounds the wait for a session, and once it
+// is done a session is taken only if one is free at once (p11.ErrPoolBusy
+// if not). The token call itself runs whatever ctx says.
+func (p *Provider) doDetached(ctx context.Context, fn func(s *p11.Session) error) error {
+	for attempt := 0; ; attempt++ {
+		var s *p11.Session
+		var err error
+		if ctx.Err() == nil {
+			s, err = p.pool.Get(ctx)
+		}
+		if s == nil && ctx.Err() != nil {
+			s, err = p.pool.TryGet()
+		}
 		if err != nil {
 			return p.loginErr(err)
 		}
 		err = fn(s)
 		retry := err != nil && p.pool.Check(s, err)
 		p.pool.Put(s)
-		if !retry || attempt > 0 || ctx.Err() != nil {
+		if !retry || attempt > 0 {
 			return err
 		}
 	}
 }
 
 // Close destroys every session key this provider made, closes its sessions
-// and releases the module. It waits for operations in flight. Keys used after
-// Close return ErrKeyDestroyed. Close is idempotent.
-func (p *Provider) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
+// and releases the module. It waits for operations in flight, without
+// bound: Shutdown bounds the wait. Keys used after Close return
+// ErrKeyDestroyed. Close is idempotent; every call returns what the first
+// found.
+func (p *Provider) Close() error { return p.Shutdown(context.Background()) }
+
+// Shutdown is Close with a bound on the wait. New operations fail with
+// ErrClosed at once; operations in flight may finish. An operation blocked
+// in the caller's reader or writer (an Encrypt whose src.Read does not
+// return) ends with ErrClosed when that call returns.
+//
+// If ctx ends first, Shutdown destroys the keys no operation is using and
+// returns ctx's error; the rest of the work (the keys in use, the sessions,
+// the module) is done when the last operation in flight ends. Shutdown and
+// Close may be called again, and then wait for that work.
+func (p *Provider) Shutdown(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		p.closing.Store(true)
+		go func() {
+			p.closeErr = p.finish()
+			close(p.closeDone)
+		}()
+	})
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	default:
 	}
+	select {
+	case <-p.closeDone:
+		return p.closeErr
+	case <-ctx.Done():
+	}
+	p.destroyIdleKeys()
+	return fmt.Errorf("shutdown: %w: operations still in flight; their keys, the sessions and the module are released when they end", context.Cause(ctx))
+}
+
+// finish waits for the operations in flight, then destroys every key left,
+// closes the sessions and releases the module.
+func (p *Provider) finish() error {
+	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	p.shutMu.Lock()
+	defer p.shutMu.Unlock()
+	p.finished = true
 
 	p.keysMu.Lock()
 	keys := p.keys
@@ -310,7 +474,7 @@ func (p *Provider) Close() error {
 	var errs []error
 	ctx := context.Background()
 	for k := range keys {
-		if err := k.destroy(ctx, false); err != nil && !errors.Is(err, ErrKeyLost) && !errors.Is(err, ErrKeyDestroyed) {
+		if err := k.destroy(ctx); err != nil && !errors.Is(err, ErrKeyLost) && !errors.Is(err, ErrKeyDestroyed) {
 			errs = append(errs, err)
 		}
 	}
@@ -320,6 +484,83 @@ func (p *Provider) Close() error {
 		errs = append(errs, mapErr(err))
 	}
 	return errors.Join(errs...)
+}
+
+// destroyIdleKeys destroys, while operations are still in flight, the keys
+// none of them is using, on sessions that are free at once; finish destroys
+// the others. Errors are left for finish, which tries again.
+func (p *Provider) destroyIdleKeys() {
+	p.shutMu.Lock()
+	defer p.shutMu.Unlock()
+	if p.finished {
+		return
+	}
+	p.keysMu.Lock()
+	keys := make([]*Key, 0, len(p.keys))
+	for k := range p.keys {
+		keys = append(keys, k)
+	}
+	p.keysMu.Unlock()
+	done, cancel := context.WithCancel(context.Background())
+	cancel() // take free sessions only; never wait behind the operations
+	for _, k := range keys {
+		if k.mu.TryLock() {
+			_ = k.destroyLocked(done)
+			k.mu.Unlock()
+		}
+	}
+}
+
+// closingReader, closingReaderAt and closingWriter end an operation with
+// ErrClosed at its next read or write once Shutdown has begun, so that an
+// operation blocked in the caller's reader or writer ends when that call
+// returns.
+type closingReader struct {
+	p *Provider
+	r io.Reader
+}
+
+func (c closingReader) Read(b []byte) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.r.Read(b)
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	return n, err
+}
+
+type closingReaderAt struct {
+	p *Provider
+	r io.ReaderAt
+}
+
+func (c closingReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.r.ReadAt(b, off)
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	return n, err
+}
+
+type closingWriter struct {
+	p *Provider
+	w io.Writer
+}
+
+func (c closingWriter) Write(b []byte) (int, error) {
+	if c.p.closing.Load() {
+		return 0, ErrClosed
+	}
+	n, err := c.w.Write(b)
+	if err == nil && c.p.closing.Load() {
+		return n, ErrClosed
+	}
+	return n, err
 }
 
 // mapErr adds the sentinel a caller branches on to a token error.
@@ -362,7 +603,7 @@ func (p *Provider) CountSessionKeys(ctx context.Context) (int, error) {
 	}
 	defer p.end()
 	var n int
-	err := p.do(ctx, func(s *p11.Session) error {
+	err := p.doRead(ctx, func(s *p11.Session) error {
 		objs, err := p.pool.Find(s, map[uint]any{
 			pkcs11.CKA_CLASS: pkcs11.CKO_SECRET_KEY,
 			pkcs11.CKA_TOKEN: false,

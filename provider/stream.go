@@ -62,6 +62,7 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 	if err := checkKEKs(to); err != nil {
 		return fmt.Errorf("encrypt: %w", err)
 	}
+	src, dst = closingReader{p, src}, closingWriter{p, dst} // end at Shutdown
 	if p.cfg.ExportPolicy == ExportNone {
 		return fmt.Errorf("encrypt: %w: export policy none: message keys cannot be wrapped for recipients", ErrPolicy)
 	}
@@ -193,6 +194,7 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 	if size <= 0 {
 		return fmt.Errorf("decrypt: %w: empty input", ErrMalformed)
 	}
+	src, dst = closingReaderAt{p, src}, closingWriter{p, dst} // end at Shutdown
 	var head [64]byte
 	n, _ := src.ReadAt(head[:], 0)
 	if cms.IsArmored(head[:n]) {

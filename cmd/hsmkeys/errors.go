@@ -81,6 +81,8 @@ func hints(err error) []string {
 		return []string{pinHint(pe)}
 	case errors.As(err, &tnf):
 		return tokenHints(tnf)
+	case errors.Is(err, provider.ErrTokenBusy):
+		return []string{busyHint}
 	case errors.Is(err, provider.ErrPINSource):
 		return []string{"give the PIN in a file (--pin-file, HSMKEYS_PIN_FILE; --so-pin-file, HSMKEYS_SO_PIN_FILE), in HSMKEYS_PIN / HSMKEYS_SO_PIN, or run on a terminal to be asked"}
 	case errors.Is(err, provider.ErrSecretFile):
@@ -98,6 +100,9 @@ func hints(err error) []string {
 	}
 	return nil
 }
+
+// busyHint is for a token that failed calls which succeed when repeated.
+const busyHint = "the token was found but kept failing while other processes used it (SoftHSM's file store is not safe for that, SoftHSMv2 #757); try again"
 
 func pinHint(pe *provider.PINError) string {
 	if pe.Locked {
@@ -119,7 +124,13 @@ func tokenHints(e *provider.TokenNotFoundError) []string {
 			ready = append(ready, t)
 		}
 	}
+	if e.Seen {
+		return []string{busyHint}
+	}
 	if len(ready) == 0 {
+		if e.Tries > 1 {
+			return []string{"no initialised token is there; if it exists, other processes may have been using it (SoftHSM's file store): try again; else initialise one (scripts/softhsm-setup.sh for SoftHSM); 'hsmkeys tokens' lists the slots"}
+		}
 		return []string{"initialise a token first (scripts/softhsm-setup.sh for SoftHSM); 'hsmkeys tokens' lists the slots"}
 	}
 	out := []string{"the module offers these tokens ('hsmkeys tokens' for details):"}

@@ -71,7 +71,8 @@ const (
 //
 // (add -timeout when -soak.duration nears the default 10 minutes;
 // -soak.workers N changes the 64 goroutines, -soak.seed S repeats the
-// random choices, though not the timing of the faults).
+// random choices, though not the timing of the faults). Its multi-process
+// mode is TestSoakProcesses (-soak.procs N processes on the same token).
 func TestSoak(t *testing.T) {
 	need(t)
 	defer goleak.VerifyNone(t)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,6 +215,37 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 	}
 }
 
+// ErrPoolBusy: TryGet found every session in use and no room for another.
+var ErrPoolBusy = errors.New("every session is in use")
+
+// TryGet is Get without waiting: an idle session, or a new one if fewer
+// than max are open, else ErrPoolBusy. It is for work that must be done
+// even after its context ended (destroying a key).
+func (p *Pool) TryGet() (*Session, error) {
+	for {
+		select {
+		case s := <-p.idle:
+			if s.Dead() {
+				p.discard(s)
+				continue
+			}
+			return s, nil
+		default:
+		}
+		select {
+		case p.slots <- struct{}{}:
+			s, err := p.open()
+			if err != nil {
+				<-p.slots
+				return nil, err
+			}
+			return s, nil
+		default:
+			return nil, ErrPoolBusy
+		}
+	}
+}
+
 // GetPair returns two sessions, for work that needs two operations active
 // at once (a token runs one operation per session: SoftHSM answers
 // CKR_OPERATION_ACTIVE). At most max/2 callers hold pairs, so that pair
@@ -396,5 +428,77 @@ func (p *Pool) Close() {
 		default:
 			return
 		}
+	}
+}
+
+// Transient reports whether err is a failure that the same call may not
+// repeat and whose call had no effect, so that making it again is safe:
+// a general, device or function failure (PKCS#11 v2.40 §5.1.1, §5.1.2) of a
+// call that only reads (slot, token, mechanism and session information,
+// object searches, attribute values) or that leaves nothing behind when it
+// fails (C_OpenSession returns no handle).
+//
+// SoftHSM's file object store answers this way when several processes use
+// one token (SoftHSMv2 #757): a process reads token.object while another
+// rewrites it, and C_Login rewrites it every time (Token::loginUser clears
+// CKF_USER_PIN_COUNT_LOW).
+//
+// C_Login counts only with CKR_GENERAL_ERROR, which SoftHSM returns when it
+// cannot read the token's flags, before it looks at the PIN, and with
+// CKR_USER_PIN_NOT_INITIALIZED, which it returns (also before the PIN) when
+// it loaded the token from a half-written file. A PIN the token
+// looked at and refused is CKR_PIN_INCORRECT (§5.6, C_Login) and is never
+// tried again; a device error during a login might have cost a try, so it
+// is not retried.
+//
+// Calls that create or destroy objects (C_GenerateKey, C_UnwrapKey,
+// C_CreateObject, C_DestroyObject), that change an operation's state
+// (C_EncryptUpdate and the like) or that consume input are not transient
+// here whatever their code: a failed C_GenerateKey may have left an object
+// whose handle nobody knows, and a retried update would encrypt a part twice.
+func Transient(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	if e.Op == "C_Login" && e.Code == pkcs11.CKR_USER_PIN_NOT_INITIALIZED {
+		// SoftHSM read a token.object another process was writing when
+		// it loaded the token and holds no user PIN for it; the PIN was
+		// not looked at.
+		return true
+	}
+	switch e.Code {
+	case pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_FUNCTION_FAILED:
+	default:
+		return false
+	}
+	switch e.Op {
+	case "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList",
+		"C_GetMechanismInfo", "C_GetSessionInfo", "C_OpenSession",
+		"C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal", "C_GetAttributeValue":
+		return true
+	case "C_Login":
+		return e.Code == pkcs11.CKR_GENERAL_ERROR
+	}
+	return false
+}
+
+// MaxTries bounds how often a transient failure is tried (the first call
+// included).
+const MaxTries = 10
+
+// Backoff waits before try n (2 ≤ n ≤ MaxTries) of a call that failed
+// transiently: a random time up to 5 ms · 2^(n-2), at most 320 ms, so that
+// processes that failed together do not try together again. The wait ends
+// early, with ctx's error, when ctx does.
+func Backoff(ctx context.Context, n int) error {
+	ceil := min(5*time.Millisecond<<max(n-2, 0), 320*time.Millisecond)
+	t := time.NewTimer(ceil/2 + rand.N(ceil/2+1))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

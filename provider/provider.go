@@ -70,7 +70,18 @@ func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enfo
 
 // Tokens lists the tokens present in the module at path.
 func Tokens(path string) ([]TokenInfo, error) {
-	mod, err := p11.Load(path)
+	return TokensOf(Config{Module: path})
+}
+
+// TokensOf lists the tokens present in cfg's module (Config.Module or the
+// URI's module-path), initialised with cfg.InitArgs. Nothing else of cfg
+// is used.
+func TokensOf(cfg Config) ([]TokenInfo, error) {
+	cfg, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -118,7 +129,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
 	}
-	mod, err := p11.Load(cfg.Module)
+	mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 	if err != nil {
 		return nil, mapErr(err)
 	}
@@ -328,7 +339,7 @@ func mapErr(err error) error {
 		return nil
 	}
 	switch {
-	case errors.Is(err, p11.ErrModuleLoad):
+	case errors.Is(err, p11.ErrModuleLoad), errors.Is(err, p11.ErrInitArgs):
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	case errors.Is(err, p11.ErrInput):
 		return fmt.Errorf("%w: %w", ErrInvalidInput, err)

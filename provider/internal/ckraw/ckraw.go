@@ -147,28 +147,29 @@ static int ckraw_close(void *handle, char *errbuf, size_t errlen) {
 }
 
 // Go cannot call through C function pointers; these forward to the list.
+// A NULL entry (a broken module) is CKR_FUNCTION_NOT_SUPPORTED, not a crash.
 
 static CK_RV ckraw_create_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_CreateObject(s, t, n, h);
+	return fl->C_CreateObject != NULL ? fl->C_CreateObject(s, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_generate_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
 	CK_MECHANISM m = { mech, NULL_PTR, 0 };
-	return fl->C_GenerateKey(s, &m, t, n, h);
+	return fl->C_GenerateKey != NULL ? fl->C_GenerateKey(s, &m, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_generate_key_pair(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR pub, CK_ULONG npub,
 		CK_ATTRIBUTE_PTR priv, CK_ULONG npriv, CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
 	CK_MECHANISM m = { mech, NULL_PTR, 0 };
-	return fl->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, hpub, hpriv);
+	return fl->C_GenerateKeyPair != NULL ? fl->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, hpub, hpriv) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_get_attribute_value(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-	return fl->C_GetAttributeValue(s, o, t, n);
+	return fl->C_GetAttributeValue != NULL ? fl->C_GetAttributeValue(s, o, t, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 */
 import "C"
@@ -325,7 +326,11 @@ func Open(path string, opts Options) (*Module, error) {
 	defer instances.Unlock()
 	h := C.ckraw_dlopen(cpath, errbuf, errBufLen)
 	if h == nil {
-		return nil, fmt.Errorf("%w: %s: %s", ErrLoad, path, C.GoString(errbuf))
+		msg := C.GoString(errbuf)
+		if !strings.Contains(msg, path) {
+			msg = path + ": " + msg
+		}
+		return nil, fmt.Errorf("%w: %s", ErrLoad, msg)
 	}
 	if in, ok := instances.m[h]; ok {
 		// The instance holds its own reference from its first dlopen.

@@ -16,87 +16,91 @@ package ckraw
 #include "pkcs11.h"
 
 // Go cannot call through C function pointers; these forward to the list.
+// A NULL entry (a broken module) is CKR_FUNCTION_NOT_SUPPORTED, not a crash.
 
+static CK_RV ck_get_info(CK_FUNCTION_LIST_PTR fl, CK_INFO_PTR info) {
+	return fl->C_GetInfo != NULL ? fl->C_GetInfo(info) : CKR_FUNCTION_NOT_SUPPORTED;
+}
 static CK_RV ck_get_slot_list(CK_FUNCTION_LIST_PTR fl, CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
-	return fl->C_GetSlotList(present, list, n);
+	return fl->C_GetSlotList != NULL ? fl->C_GetSlotList(present, list, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_get_token_info(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
-	return fl->C_GetTokenInfo(slot, info);
+	return fl->C_GetTokenInfo != NULL ? fl->C_GetTokenInfo(slot, info) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_get_mechanism_list(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR n) {
-	return fl->C_GetMechanismList(slot, list, n);
+	return fl->C_GetMechanismList != NULL ? fl->C_GetMechanismList(slot, list, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_init_token(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pinLen, CK_UTF8CHAR_PTR label) {
-	return fl->C_InitToken(slot, pin, pinLen, label);
+	return fl->C_InitToken != NULL ? fl->C_InitToken(slot, pin, pinLen, label) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_init_pin(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG pinLen) {
-	return fl->C_InitPIN(s, pin, pinLen);
+	return fl->C_InitPIN != NULL ? fl->C_InitPIN(s, pin, pinLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_open_session(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_FLAGS flags, CK_SESSION_HANDLE_PTR s) {
-	return fl->C_OpenSession(slot, flags, NULL_PTR, NULL_PTR, s);
+	return fl->C_OpenSession != NULL ? fl->C_OpenSession(slot, flags, NULL_PTR, NULL_PTR, s) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_close_session(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s) {
-	return fl->C_CloseSession(s);
+	return fl->C_CloseSession != NULL ? fl->C_CloseSession(s) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_get_session_info(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR info) {
-	return fl->C_GetSessionInfo(s, info);
+	return fl->C_GetSessionInfo != NULL ? fl->C_GetSessionInfo(s, info) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_login(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG pinLen) {
-	return fl->C_Login(s, u, pin, pinLen);
+	return fl->C_Login != NULL ? fl->C_Login(s, u, pin, pinLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_logout(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s) {
-	return fl->C_Logout(s);
+	return fl->C_Logout != NULL ? fl->C_Logout(s) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_create_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_CreateObject(s, t, n, h);
+	return fl->C_CreateObject != NULL ? fl->C_CreateObject(s, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_copy_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_CopyObject(s, o, t, n, h);
+	return fl->C_CopyObject != NULL ? fl->C_CopyObject(s, o, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_destroy_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o) {
-	return fl->C_DestroyObject(s, o);
+	return fl->C_DestroyObject != NULL ? fl->C_DestroyObject(s, o) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_get_attribute_value(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-	return fl->C_GetAttributeValue(s, o, t, n);
+	return fl->C_GetAttributeValue != NULL ? fl->C_GetAttributeValue(s, o, t, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_set_attribute_value(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-	return fl->C_SetAttributeValue(s, o, t, n);
+	return fl->C_SetAttributeValue != NULL ? fl->C_SetAttributeValue(s, o, t, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_find_objects_init(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-	return fl->C_FindObjectsInit(s, t, n);
+	return fl->C_FindObjectsInit != NULL ? fl->C_FindObjectsInit(s, t, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_find_objects(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR out, CK_ULONG max, CK_ULONG_PTR n) {
-	return fl->C_FindObjects(s, out, max, n);
+	return fl->C_FindObjects != NULL ? fl->C_FindObjects(s, out, max, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_find_objects_final(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s) {
-	return fl->C_FindObjectsFinal(s);
+	return fl->C_FindObjectsFinal != NULL ? fl->C_FindObjectsFinal(s) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_generate_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_GenerateKey(s, m, t, n, h);
+	return fl->C_GenerateKey != NULL ? fl->C_GenerateKey(s, m, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_encrypt_init(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
-	return fl->C_EncryptInit(s, m, k);
+	return fl->C_EncryptInit != NULL ? fl->C_EncryptInit(s, m, k) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_decrypt_init(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
-	return fl->C_DecryptInit(s, m, k);
+	return fl->C_DecryptInit != NULL ? fl->C_DecryptInit(s, m, k) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_encrypt_update(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_EncryptUpdate(s, in, inLen, out, outLen);
+	return fl->C_EncryptUpdate != NULL ? fl->C_EncryptUpdate(s, in, inLen, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_encrypt_final(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_EncryptFinal(s, out, outLen);
+	return fl->C_EncryptFinal != NULL ? fl->C_EncryptFinal(s, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_encrypt(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_Encrypt(s, in, inLen, out, outLen);
+	return fl->C_Encrypt != NULL ? fl->C_Encrypt(s, in, inLen, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_decrypt(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_Decrypt(s, in, inLen, out, outLen);
+	return fl->C_Decrypt != NULL ? fl->C_Decrypt(s, in, inLen, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_wrap_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_WrapKey(s, m, wrapping, key, out, outLen);
+	return fl->C_WrapKey != NULL ? fl->C_WrapKey(s, m, wrapping, key, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 static CK_RV ck_unwrap_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE unwrapping, CK_BYTE_PTR in, CK_ULONG inLen, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_UnwrapKey(s, m, unwrapping, in, inLen, t, n, h);
+	return fl->C_UnwrapKey != NULL ? fl->C_UnwrapKey(s, m, unwrapping, in, inLen, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 */
 import "C"
@@ -133,6 +137,27 @@ func (c *Ctx) acquire() (C.CK_FUNCTION_LIST_PTR, func(), error) {
 // maxListLen bounds the slot, mechanism and object lists a module may
 // report, so that a confused module cannot make us allocate without bound.
 const maxListLen = 1 << 16
+
+// GetInfo is C_GetInfo (PKCS#11 v2.40 base §5.4). Text fields are returned
+// without their blank padding.
+func (c *Ctx) GetInfo() (pkcs11.Info, error) {
+	fl, done, err := c.acquire()
+	if err != nil {
+		return pkcs11.Info{}, err
+	}
+	defer done()
+	var in C.CK_INFO
+	if rv := C.ck_get_info(fl, &in); rv != C.CKR_OK {
+		return pkcs11.Info{}, toError(rv)
+	}
+	return pkcs11.Info{
+		CryptokiVersion:    pkcs11.Version{Major: byte(in.cryptokiVersion.major), Minor: byte(in.cryptokiVersion.minor)},
+		ManufacturerID:     blank(&in.manufacturerID[0], len(in.manufacturerID)),
+		Flags:              uint(in.flags),
+		LibraryDescription: blank(&in.libraryDescription[0], len(in.libraryDescription)),
+		LibraryVersion:     pkcs11.Version{Major: byte(in.libraryVersion.major), Minor: byte(in.libraryVersion.minor)},
+	}, nil
+}
 
 // GetSlotList is C_GetSlotList (PKCS#11 v2.40 base §5.5).
 func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -237,4 +238,19 @@ func TestP11KitProxyOneInstance(t *testing.T) {
 	if !strings.HasPrefix(filepath.Base(real), "libp11-kit") {
 		t.Logf("p11-kit-proxy.so resolves to %s", real)
 	}
+}
+
+// TestBuildWithoutCgo: without cgo, building hsmkeys stops with a message
+// that says what is missing, not "build constraints exclude all Go files".
+func TestBuildWithoutCgo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the command")
+	}
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	cmd := exec.Command(gobin, "build", "-o", os.DevNull, "github.com/hsmkeys/hsmkeys/cmd/hsmkeys")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "%s", out)
+	require.Contains(t, string(out), "hsmkeys_requires_cgo_and_dlopen")
+	require.NotContains(t, string(out), "build constraints exclude all Go files")
 }

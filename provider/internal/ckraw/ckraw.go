@@ -435,12 +435,10 @@ func (m *Module) Close() error {
 // Owner reports whether this process's C_Initialize of the module was ours
 // (false: another part of the process had initialised it).
 func (m *Module) Owner() bool {
-	fl, err := m.acquire()
-	if err != nil {
+	if _, err := m.acquire(); err != nil {
 		return false
 	}
 	defer m.mu.RUnlock()
-	_ = fl
 	return m.inst.owner
 }
 

@@ -254,3 +254,30 @@ func TestBuildWithoutCgo(t *testing.T) {
 	require.Contains(t, string(out), "hsmkeys_requires_cgo_and_dlopen")
 	require.NotContains(t, string(out), "build constraints exclude all Go files")
 }
+
+// TestOneBindingInTheTree: outside this package's ckraw.go, no code of
+// provider/ or cmd/ (tests aside) loads a module or fetches a function list
+// itself, or calls PKCS#11 through miekg's Ctx: a second binding is
+// impossible because there is no code that could make one.
+func TestOneBindingInTheTree(t *testing.T) {
+	forbidden := []string{"pkcs11.New(", "pkcs11.Ctx", "dlopen(", "C_GetFunctionList(", "dlsym("}
+	for _, root := range []string{"../..", "../../../cmd"} {
+		err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			if filepath.Base(path) == "ckraw.go" && filepath.Base(filepath.Dir(path)) == "ckraw" {
+				return nil
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for _, f := range forbidden {
+				require.NotContains(t, string(b), f, "%s: only provider/internal/ckraw/ckraw.go may load modules", path)
+			}
+			return nil
+		})
+		require.NoError(t, err)
+	}
+}

@@ -235,3 +235,34 @@ func TestNSSSoftoken(t *testing.T) {
 	}
 	require.NoError(t, k.Destroy(bg))
 }
+
+// TestBrokenModuleIsConfigError: a module that cannot be loaded is an
+// ErrConfig that keeps the loader's or the module's reason, never a crash
+// (issue 12). The modules are ckraw's fake, built here with gcc: no real
+// module fails this way on purpose.
+func TestBrokenModuleIsConfigError(t *testing.T) {
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		needStack(t, "gcc", "/usr/bin/gcc")
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ define, want string }{
+		{"FAIL_LIST", "C_GetFunctionList: pkcs11: 0x2: CKR_HOST_MEMORY"},
+		{"NULL_LIST", "C_GetFunctionList returned CKR_OK and no function list"},
+		{"NO_SYMBOL", "undefined symbol: C_GetFunctionList"},
+		{"UNDEFINED", "undefined symbol: hsmkeys_missing_symbol"},
+	} {
+		t.Run(tc.define, func(t *testing.T) {
+			so := filepath.Join(t.TempDir(), strings.ToLower(tc.define)+".so")
+			out, err := exec.Command(gcc, "-shared", "-fPIC", "-I", "../internal/pkcs11h", "-D"+tc.define,
+				"-o", so, "internal/ckraw/testdata/brokenmod.c").CombinedOutput()
+			require.NoError(t, err, "gcc: %s", out)
+			_, err = Tokens(so)
+			require.ErrorIs(t, err, ErrConfig)
+			assert.Contains(t, err.Error(), tc.want)
+			_, err = Open(bg, Config{Module: so, PIN: PINValue([]byte("1234"))})
+			require.ErrorIs(t, err, ErrConfig)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}

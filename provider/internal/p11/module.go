@@ -3,8 +3,8 @@
 // Every call goes through the binding in ckraw, which loads each module
 // once, takes its one function list and initialises it once (one binding per
 // module instance: a second C_GetFunctionList through p11-kit's proxy gives
-// a second, uninitialised instance). miekg/pkcs11 supplies the constants and
-// the Attribute type only. On top of ckraw this package adds a process-wide,
+// a second, uninitialised instance). miekg/pkcs11 supplies constants and types
+// (Attribute, handles, Error) only. On top of ckraw this package adds a process-wide,
 // reference-counted module registry (C_Initialize is process-global,
 // PKCS#11 v2.40 §5.4), a bounded session pool that never closes a session
 // owning live session objects (PKCS#11 v2.40 §4.4: session objects are

@@ -21,6 +21,8 @@ import (
 // InitTokenConfig describes a token to initialise.
 type InitTokenConfig struct {
 	Module string
+	// InitArgs is as in Config.
+	InitArgs string
 	// Slot to initialise; nil picks the first slot whose token is not
 	// initialised yet (SoftHSM always offers one).
 	Slot    *uint
@@ -42,7 +44,7 @@ func InitToken(ctx context.Context, cfg InitTokenConfig) (TokenInfo, error) {
 	if cfg.SOPIN == nil || cfg.UserPIN == nil {
 		return TokenInfo{}, fmt.Errorf("%w: token init needs an so pin and a user pin", ErrConfig)
 	}
-	mod, err := p11.Load(cfg.Module)
+	mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 	if err != nil {
 		return TokenInfo{}, mapErr(err)
 	}
@@ -116,7 +118,7 @@ func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	if cfg.Module == "" {
 		return nil, fmt.Errorf("%w: no module path (set Config.Module or module-path in the uri)", ErrConfig)
 	}
-	mod, err := p11.Load(cfg.Module)
+	mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 	if err != nil {
 		return nil, mapErr(err)
 	}

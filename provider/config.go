@@ -21,6 +21,13 @@ type Config struct {
 	// Module is the path of the PKCS#11 library, for example
 	// /usr/lib/softhsm/libsofthsm2.so.
 	Module string
+	// InitArgs, when not empty, is passed to the module's C_Initialize as
+	// CK_C_INITIALIZE_ARGS.pReserved (PKCS#11 v2.40 base §5.4), for modules
+	// configured there. NSS softoken needs it:
+	// configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=
+	// A module is initialised once per process: opening it again with
+	// other InitArgs fails with ErrConfig.
+	InitArgs string
 	// URI is an RFC 7512 PKCS#11 URI, for example
 	// pkcs11:token=ci?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin
 	// Its token, serial, slot-id, module-path, pin-source and pin-value

@@ -83,8 +83,21 @@ func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enfo
 // failure (p11.Transient: SoftHSM's file store while other processes use
 // the token) is tried again a few times, loading the module anew.
 func Tokens(path string) ([]TokenInfo, error) {
+	return TokensOf(Config{Module: path})
+}
+
+// TokensOf lists the tokens present in cfg's module (Config.Module or the
+// URI's module-path), initialised with cfg.InitArgs. Nothing else of cfg
+// is used. A transient failure (p11.Transient: SoftHSM's file store while
+// other processes use the token) is tried again a few times, loading the
+// module anew.
+func TokensOf(cfg Config) ([]TokenInfo, error) {
+	cfg, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
 	for try := 1; ; try++ {
-		mod, err := p11.Load(path)
+		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 		if err != nil {
 			return nil, mapErr(err)
 		}
@@ -149,7 +162,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	var pin []byte
 	seen := false
 	for try := 1; ; try++ {
-		mod, err := p11.Load(cfg.Module)
+		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 		if err != nil {
 			clear(pin)
 			return nil, mapErr(err)
@@ -569,7 +582,7 @@ func mapErr(err error) error {
 		return nil
 	}
 	switch {
-	case errors.Is(err, p11.ErrModuleLoad):
+	case errors.Is(err, p11.ErrModuleLoad), errors.Is(err, p11.ErrInitArgs):
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	case errors.Is(err, p11.ErrInput):
 		return fmt.Errorf("%w: %w", ErrInvalidInput, err)

@@ -109,7 +109,7 @@ func (c *cli) modulePath() (string, error) {
 // tokenConfig says which module and token to open: a flag beats the URI,
 // which beats a variable, which beats the default. attrs are the URI's.
 func (c *cli) tokenConfig() (provider.Config, map[string]string, error) {
-	var cfg provider.Config
+	cfg := provider.Config{InitArgs: c.initArgs}
 	attrs := map[string]string{}
 	if c.useURI() {
 		cfg.URI = c.uri

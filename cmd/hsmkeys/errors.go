@@ -95,6 +95,10 @@ func hints(err error) []string {
 		return []string{"run 'hsmkeys doctor' to see what this token can and cannot enforce"}
 	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "another login"):
 		return []string{"close other programs of this process using the token; kek commands log in as the Security Officer"}
+	case strings.Contains(err.Error(), "C_Initialize: CKR_ARGUMENTS_BAD"):
+		return []string{"this module needs initialisation arguments: give them with --init-args or HSMKEYS_INIT_ARGS (NSS softoken: --init-args \"configdir='sql:/path/to/db'\")"}
+	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "initialised with other arguments"):
+		return []string{"a module is initialised once per process: use the same --init-args everywhere in it"}
 	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "module"):
 		return []string{"set --module or HSMKEYS_MODULE to the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"}
 	}

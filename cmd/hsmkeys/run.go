@@ -27,6 +27,7 @@ type cli struct {
 	moduleSet, tokenSet, uriSet bool // given as flags, not from the environment
 	json                        bool
 	pinFile, soPINFile          string
+	initArgs                    string // C_Initialize's pReserved, for modules such as NSS softoken
 }
 
 // run is the whole command: main only turns its result into an exit status,
@@ -59,6 +60,7 @@ func (c *cli) parseGlobals(args []string) ([]string, error) {
 	fs.StringVar(&c.module, "module", os.Getenv("HSMKEYS_MODULE"), "")
 	fs.StringVar(&c.token, "token", os.Getenv("HSMKEYS_TOKEN"), "")
 	fs.StringVar(&c.uri, "uri", os.Getenv("HSMKEYS_URI"), "")
+	fs.StringVar(&c.initArgs, "init-args", os.Getenv("HSMKEYS_INIT_ARGS"), "")
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.StringVar(&c.pinFile, "pin-file", "", "")
 	fs.StringVar(&c.soPINFile, "so-pin-file", "", "")

@@ -120,17 +120,34 @@ func setupToken(env *testscript.Env, module string) error {
 	return nil
 }
 
-// condition answers [openssl]: false skips a script, except under CI,
-// where a missing openssl fails it.
+// condition answers [openssl], [nss] (NSS softoken and certutil) and
+// [p11kit] (p11-kit's proxy with SoftHSM registered): false skips a
+// script, except under CI, where a missing part fails it.
 func condition(cond string) (bool, error) {
-	if cond != "openssl" {
+	var need []string
+	switch cond {
+	case "openssl":
+		need = []string{"openssl"}
+	case "nss":
+		need = []string{"certutil", "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"}
+	case "p11kit":
+		need = []string{"/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so", "/usr/share/p11-kit/modules/softhsm2.module"}
+	default:
 		return false, fmt.Errorf("unknown condition %q", cond)
 	}
-	if _, err := exec.LookPath("openssl"); err != nil {
-		if os.Getenv("CI") != "" {
-			return false, errors.New("CI is set and openssl is missing")
+	for _, n := range need {
+		var err error
+		if strings.HasPrefix(n, "/") {
+			_, err = os.Stat(n)
+		} else {
+			_, err = exec.LookPath(n)
 		}
-		return false, nil
+		if err != nil {
+			if os.Getenv("CI") != "" {
+				return false, fmt.Errorf("CI is set and %s is missing", n)
+			}
+			return false, nil
+		}
 	}
 	return true, nil
 }

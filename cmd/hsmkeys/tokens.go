@@ -51,7 +51,7 @@ func (c *cli) cmdTokens(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ts, err := provider.Tokens(mod)
+	ts, err := provider.TokensOf(provider.Config{Module: mod, InitArgs: c.initArgs})
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,7 @@ func (c *cli) cmdInitToken(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := provider.InitToken(ctx, provider.InitTokenConfig{Module: mod, Label: *label, SOPIN: so, UserPIN: user})
+	t, err := provider.InitToken(ctx, provider.InitTokenConfig{Module: mod, InitArgs: c.initArgs, Label: *label, SOPIN: so, UserPIN: user})
 	if err != nil {
 		return err
 	}

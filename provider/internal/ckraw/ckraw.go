@@ -1,16 +1,33 @@
 //go:build cgo && unix
 
-// Package ckraw is the small piece of cgo that passes attribute templates
-// containing other templates (CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE) to a
-// PKCS#11 module, which github.com/miekg/pkcs11 v1.1.2 cannot marshal: its
-// NewAttribute panics on a []*Attribute value.
+// Package ckraw is hsmkeys' binding to a PKCS#11 module: the only code that
+// dlopen()s a module, calls its C_GetFunctionList and C_Initialize, and calls
+// through the function list it returned.
 //
-// It works next to miekg in the same process. Open dlopen()s the module that
-// miekg already loaded; the dynamic loader hands back the same library, so the
-// function list, the C_Initialize state, the sessions and the login state are
-// the ones miekg uses. Session and object handles are plain uints and can be
-// passed in both directions (uint(miekgSession), pkcs11.ObjectHandle(h)).
-// ckraw never calls C_Initialize or C_Finalize.
+// One binding per module instance. PKCS#11 v2.40 base §5.4 (C_GetFunctionList)
+// lets a library hand each caller its own function list, and p11-kit's
+// proxy does: a second C_GetFunctionList returns a new, uninitialised
+// instance whose sessions are not the first one's. So every Open of a
+// library that is already open here (whatever the path spelling: dlopen
+// returns the same handle for the same loaded object) gets the instance of
+// the first Open, with its function list and its C_Initialize, and nothing
+// in hsmkeys calls C_GetFunctionList anywhere else. The instance is
+// finalised and dlclose()d when the last Module on it is closed. Another
+// library in the process that loads the same module on its own (crypto11,
+// miekg/pkcs11) is another instance and beyond our control; a module that
+// is a process-wide singleton (SoftHSM) then answers our C_Initialize with
+// CKR_CRYPTOKI_ALREADY_INITIALIZED, which Open accepts, and Close never
+// finalises what it did not initialise.
+//
+// Ctx is the view of a Module with the methods of miekg/pkcs11's Ctx that
+// hsmkeys uses, with the same Go signatures, taking and returning miekg's
+// Attribute and handle types; mechanisms are this package's Mechanism,
+// because miekg keeps the parameters of its own unexported. Module's own
+// methods pass templates containing other templates (CKA_WRAP_TEMPLATE,
+// CKA_UNWRAP_TEMPLATE), which miekg v1.1.2 cannot marshal (its NewAttribute
+// panics on a []*Attribute value), and make single-call Encrypt, Decrypt and
+// WrapKey: miekg makes two C calls for each (a size query, then the real
+// call), a round trip more on a networked HSM.
 //
 // A Module is safe for concurrent use. PKCS#11 rules about using one session
 // from several goroutines at once are the caller's business, as with miekg.
@@ -18,11 +35,8 @@
 // Token errors are returned as pkcs11.Error (the CKR_* value), exactly as miekg
 // returns them. Invalid input is rejected before the token is called, with an
 // error that wraps ErrTemplate (templates) or ErrInput (buffer sizes); calls
-// on a closed Module return ErrClosed.
-//
-// Encrypt, Decrypt and WrapKey exist because miekg makes two C calls for each
-// of these (a size query, then the real call), which costs a round trip on a
-// networked HSM; ckraw makes one with a buffer the caller sized.
+// on a closed Module return ErrClosed; a library that cannot be loaded gives
+// an error wrapping ErrLoad with the loader's reason.
 //
 // BUG(ckraw): SoftHSM 2.6.1 does not fill a key's CKA_UNWRAP_TEMPLATE into
 // the C_UnwrapKey template: the caller must repeat every attribute of it with
@@ -61,40 +75,66 @@ static void ckraw_dlerror(char *buf, size_t n) {
 	snprintf(buf, n, "%s", e != NULL ? e : "unknown error");
 }
 
-// ckraw_open loads path and fetches its function list. It returns 0 on
-// success, 1 if dlopen failed, 2 if the library has no C_GetFunctionList,
-// 3 if C_GetFunctionList failed (*rv holds its return value). On failure the
-// library is closed again and errbuf holds dlerror()'s text for 1 and 2.
-static int ckraw_open(const char *path, void **handle, CK_FUNCTION_LIST_PTR *fl, CK_RV *rv, char *errbuf, size_t errlen) {
-	CK_C_GetFunctionList get;
+// ckraw_dlopen loads path. RTLD_NOW: a module with unresolved symbols fails
+// here, with the loader's reason, instead of at its first call. RTLD_LOCAL:
+// its symbols do not leak into the process (two modules may both export
+// C_Initialize). A library already loaded gives the same handle again.
+static void *ckraw_dlopen(const char *path, char *errbuf, size_t errlen) {
 	void *h;
+	errbuf[0] = 0;
+	dlerror();
+	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (h == NULL) {
+		ckraw_dlerror(errbuf, errlen);
+	}
+	return h;
+}
 
-	*handle = NULL;
+// ckraw_get_function_list calls the module's C_GetFunctionList (PKCS#11
+// v2.40 base §5.4). It returns 0 on success, 2 if the library has no
+// C_GetFunctionList (errbuf holds dlerror()'s text), 3 if it failed (*rv)
+// or returned CKR_OK with a NULL list.
+static int ckraw_get_function_list(void *h, CK_FUNCTION_LIST_PTR *fl, CK_RV *rv, char *errbuf, size_t errlen) {
+	CK_C_GetFunctionList get;
+	CK_FUNCTION_LIST_PTR list = NULL;
+
 	*fl = NULL;
 	*rv = CKR_OK;
 	errbuf[0] = 0;
-	// RTLD_LAZY as in miekg: if the library is loaded already, dlopen only
-	// raises its reference count and returns the same handle.
-	h = dlopen(path, RTLD_LAZY);
-	if (h == NULL) {
-		ckraw_dlerror(errbuf, errlen);
-		return 1;
-	}
 	dlerror();
 	get = (CK_C_GetFunctionList) dlsym(h, "C_GetFunctionList");
 	if (get == NULL) {
 		ckraw_dlerror(errbuf, errlen);
-		dlclose(h);
 		return 2;
 	}
-	*rv = get(fl);
-	if (*rv != CKR_OK || *fl == NULL) {
-		dlclose(h);
-		*fl = NULL;
+	*rv = get(&list);
+	if (*rv != CKR_OK || list == NULL) {
 		return 3;
 	}
-	*handle = h;
+	*fl = list;
 	return 0;
+}
+
+// ckraw_initialize calls C_Initialize with CKF_OS_LOCKING_OK (the module may
+// use the operating system's locks: Go calls it from many threads) and the
+// module-specific pReserved string, NULL when empty (PKCS#11 v2.40 base §5.4,
+// CK_C_INITIALIZE_ARGS; NSS softoken reads its configuration there).
+static CK_RV ckraw_initialize(CK_FUNCTION_LIST_PTR fl, char *reserved) {
+	CK_C_INITIALIZE_ARGS args;
+	memset(&args, 0, sizeof args);
+	args.flags = CKF_OS_LOCKING_OK;
+	args.pReserved = reserved;
+	if (fl->C_Initialize == NULL) {
+		return CKR_FUNCTION_FAILED;
+	}
+	return fl->C_Initialize(&args);
+}
+
+static CK_RV ckraw_finalize(CK_FUNCTION_LIST_PTR fl) {
+	if (fl->C_Finalize == NULL) {
+		return CKR_OK;
+	}
+	return fl->C_Finalize(NULL_PTR);
 }
 
 static int ckraw_close(void *handle, char *errbuf, size_t errlen) {
@@ -107,28 +147,29 @@ static int ckraw_close(void *handle, char *errbuf, size_t errlen) {
 }
 
 // Go cannot call through C function pointers; these forward to the list.
+// A NULL entry (a broken module) is CKR_FUNCTION_NOT_SUPPORTED, not a crash.
 
 static CK_RV ckraw_create_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
-	return fl->C_CreateObject(s, t, n, h);
+	return fl->C_CreateObject != NULL ? fl->C_CreateObject(s, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_generate_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR h) {
 	CK_MECHANISM m = { mech, NULL_PTR, 0 };
-	return fl->C_GenerateKey(s, &m, t, n, h);
+	return fl->C_GenerateKey != NULL ? fl->C_GenerateKey(s, &m, t, n, h) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_generate_key_pair(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_MECHANISM_TYPE mech, CK_ATTRIBUTE_PTR pub, CK_ULONG npub,
 		CK_ATTRIBUTE_PTR priv, CK_ULONG npriv, CK_OBJECT_HANDLE_PTR hpub, CK_OBJECT_HANDLE_PTR hpriv) {
 	CK_MECHANISM m = { mech, NULL_PTR, 0 };
-	return fl->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, hpub, hpriv);
+	return fl->C_GenerateKeyPair != NULL ? fl->C_GenerateKeyPair(s, &m, pub, npub, priv, npriv, hpub, hpriv) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_get_attribute_value(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-	return fl->C_GetAttributeValue(s, o, t, n);
+	return fl->C_GetAttributeValue != NULL ? fl->C_GetAttributeValue(s, o, t, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 */
 import "C"
@@ -137,6 +178,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -212,64 +254,192 @@ func (a Attr) Ulong() (v uint, ok bool) {
 	return 0, false
 }
 
-// Module is a PKCS#11 library opened a second time next to miekg.
-type Module struct {
-	mu     sync.RWMutex // write-held by Close, read-held by calls
-	handle unsafe.Pointer
-	fl     C.CK_FUNCTION_LIST_PTR
+// instance is one loaded, initialised module: one dlopen handle, the one
+// function list its C_GetFunctionList gave, one C_Initialize.
+type instance struct {
+	handle   unsafe.Pointer
+	fl       C.CK_FUNCTION_LIST_PTR
+	path     string  // as first opened, for messages
+	initArgs string  // C_Initialize's pReserved
+	reserved *C.char // the same in C memory, kept while initialised; nil if empty
+	owner    bool    // our C_Initialize succeeded, so Close finalises
+	refs     int     // open Modules; guarded by instances
 }
 
-// Open dlopen()s the PKCS#11 library at path and calls C_GetFunctionList.
-// It does not call C_Initialize: open the same path with miekg and call
-// Initialize there. Because dlopen of an already loaded library returns the
-// same handle, the function list is the process-global one miekg uses.
-func Open(path string) (*Module, error) {
+// instances maps a dlopen handle to its instance: the whole process has one
+// binding per loaded module.
+var instances = struct {
+	sync.Mutex
+	m map[unsafe.Pointer]*instance
+}{m: map[unsafe.Pointer]*instance{}}
+
+// Module is one user's reference to a module instance. Modules opened on
+// the same library share the instance.
+type Module struct {
+	mu   sync.RWMutex // write-held by Close, read-held by calls
+	inst *instance    // nil once closed
+	fl   C.CK_FUNCTION_LIST_PTR
+}
+
+var (
+	// ErrLoad is wrapped by every error about a library that cannot be
+	// loaded: no such file, the loader's refusal, no C_GetFunctionList, or a
+	// C_GetFunctionList that failed.
+	ErrLoad = errors.New("cannot load pkcs11 module")
+	// ErrInitArgs means the library is open already with other
+	// C_Initialize arguments: one instance has one configuration.
+	ErrInitArgs = errors.New("pkcs11 module already initialised with other arguments")
+)
+
+// Options are how Open initialises a module.
+type Options struct {
+	// InitArgs is passed as CK_C_INITIALIZE_ARGS.pReserved, for modules
+	// that read their configuration there (NSS softoken:
+	// "configdir='sql:/path' certPrefix='' keyPrefix='' secmod='secmod.db'
+	// flags=..."). Empty means NULL.
+	InitArgs string
+}
+
+// Open returns a Module on the library at path, loading and initialising it
+// if this process has not: dlopen (RTLD_NOW|RTLD_LOCAL), C_GetFunctionList
+// and C_Initialize (CKF_OS_LOCKING_OK and opts.InitArgs), each once per
+// loaded library. CKR_CRYPTOKI_ALREADY_INITIALIZED is accepted: another
+// part of the process initialised a singleton module first (PKCS#11 v2.40
+// base §5.4); such a module is then never finalised by Close.
+//
+// Opening a library that is open already gives its instance, whatever
+// path names it; with InitArgs other than the first Open's, the error wraps
+// ErrInitArgs.
+func Open(path string, opts Options) (*Module, error) {
 	if path == "" {
-		return nil, errors.New("ckraw: empty module path")
+		return nil, fmt.Errorf("%w: empty module path", ErrLoad)
+	}
+	if strings.IndexByte(path, 0) >= 0 || strings.IndexByte(opts.InitArgs, 0) >= 0 {
+		return nil, fmt.Errorf("%w: module path or initialisation arguments contain a NUL byte", ErrLoad)
 	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	errbuf := (*C.char)(C.malloc(errBufLen))
 	defer C.free(unsafe.Pointer(errbuf))
 
-	var (
-		h  unsafe.Pointer
-		fl C.CK_FUNCTION_LIST_PTR
-		rv C.CK_RV
-	)
-	switch C.ckraw_open(cpath, &h, &fl, &rv, errbuf, errBufLen) {
+	instances.Lock()
+	defer instances.Unlock()
+	h := C.ckraw_dlopen(cpath, errbuf, errBufLen)
+	if h == nil {
+		msg := C.GoString(errbuf)
+		if !strings.Contains(msg, path) {
+			msg = path + ": " + msg
+		}
+		return nil, fmt.Errorf("%w: %s", ErrLoad, msg)
+	}
+	if in, ok := instances.m[h]; ok {
+		// The instance holds its own reference from its first dlopen.
+		C.ckraw_close(h, errbuf, errBufLen)
+		if in.initArgs != opts.InitArgs {
+			return nil, fmt.Errorf("%w: %s (opened as %s)", ErrInitArgs, path, in.path)
+		}
+		in.refs++
+		return &Module{inst: in, fl: in.fl}, nil
+	}
+	in := &instance{handle: h, path: path, initArgs: opts.InitArgs}
+	var rv C.CK_RV
+	switch C.ckraw_get_function_list(h, &in.fl, &rv, errbuf, errBufLen) {
 	case 0:
-		return &Module{handle: h, fl: fl}, nil
-	case 1:
-		return nil, fmt.Errorf("ckraw: dlopen %s: %s", path, C.GoString(errbuf))
 	case 2:
-		return nil, fmt.Errorf("ckraw: %s is not a PKCS#11 module: %s", path, C.GoString(errbuf))
+		msg := C.GoString(errbuf)
+		C.ckraw_close(h, errbuf, errBufLen)
+		return nil, fmt.Errorf("%w: %s is not a PKCS#11 module: %s", ErrLoad, path, msg)
 	default:
-		return nil, fmt.Errorf("ckraw: C_GetFunctionList in %s: %w", path, toError(rv))
+		C.ckraw_close(h, errbuf, errBufLen)
+		if rv == C.CKR_OK {
+			return nil, fmt.Errorf("%w: %s: C_GetFunctionList returned CKR_OK and no function list", ErrLoad, path)
+		}
+		return nil, fmt.Errorf("%w: %s: C_GetFunctionList: %w", ErrLoad, path, toError(rv))
+	}
+	if opts.InitArgs != "" {
+		in.reserved = C.CString(opts.InitArgs)
+	}
+	switch rv := C.ckraw_initialize(in.fl, in.reserved); rv {
+	case C.CKR_OK:
+		in.owner = true
+	case C.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+	default:
+		in.free()
+		C.ckraw_close(h, errbuf, errBufLen)
+		return nil, initError{err: toError(rv)}
+	}
+	in.refs = 1
+	instances.m[h] = in
+	return &Module{inst: in, fl: in.fl}, nil
+}
+
+// initError is a failed C_Initialize; it unwraps to the pkcs11.Error.
+type initError struct{ err error }
+
+func (e initError) Error() string { return "C_Initialize: " + e.err.Error() }
+func (e initError) Unwrap() error { return e.err }
+
+// IsInitError reports whether err is Open's C_Initialize failure (as
+// opposed to a library that could not be loaded).
+func IsInitError(err error) bool {
+	var ie initError
+	return errors.As(err, &ie)
+}
+
+func (in *instance) free() {
+	if in.reserved != nil {
+		C.free(unsafe.Pointer(in.reserved))
+		in.reserved = nil
 	}
 }
 
 const errBufLen = 512
 
-// Close dlcloses the library. It waits for calls in flight and is idempotent.
-// The library stays loaded while miekg holds it.
+// Close drops this Module's reference; the last one on an instance calls
+// C_Finalize (if our C_Initialize succeeded) and dlcloses the library. It
+// waits for this Module's calls in flight and is idempotent.
 func (m *Module) Close() error {
 	if m == nil {
 		return nil
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.handle == nil {
+	in := m.inst
+	if in == nil {
 		return nil
 	}
+	m.inst, m.fl = nil, nil
+
+	instances.Lock()
+	defer instances.Unlock()
+	if in.refs--; in.refs > 0 {
+		return nil
+	}
+	delete(instances.m, in.handle)
+	var err error
+	if in.owner {
+		if rv := C.ckraw_finalize(in.fl); rv != C.CKR_OK && rv != C.CKR_CRYPTOKI_NOT_INITIALIZED {
+			err = fmt.Errorf("C_Finalize: %w", toError(rv))
+		}
+	}
+	in.free()
 	errbuf := (*C.char)(C.malloc(errBufLen))
 	defer C.free(unsafe.Pointer(errbuf))
-	failed := C.ckraw_close(m.handle, errbuf, errBufLen) != 0
-	m.handle, m.fl = nil, nil
-	if failed {
-		return fmt.Errorf("ckraw: dlclose: %s", C.GoString(errbuf))
+	if C.ckraw_close(in.handle, errbuf, errBufLen) != 0 {
+		err = errors.Join(err, fmt.Errorf("ckraw: dlclose: %s", C.GoString(errbuf)))
 	}
-	return nil
+	in.fl, in.handle = nil, nil
+	return err
+}
+
+// Owner reports whether this process's C_Initialize of the module was ours
+// (false: another part of the process had initialised it).
+func (m *Module) Owner() bool {
+	if _, err := m.acquire(); err != nil {
+		return false
+	}
+	defer m.mu.RUnlock()
+	return m.inst.owner
 }
 
 // acquire read-locks m and returns its function list, or ErrClosed. The

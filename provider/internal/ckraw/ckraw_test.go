@@ -59,7 +59,7 @@ func newFixture(t testing.TB) *fixture {
 	p := pkcs11.New(modulePath)
 	require.NotNil(t, p, "pkcs11.New(%s)", modulePath)
 	require.NoError(t, p.Initialize())
-	raw, err := ckraw.Open(modulePath)
+	raw, err := ckraw.Open(modulePath, ckraw.Options{})
 	if err != nil {
 		p.Finalize()
 		p.Destroy()
@@ -816,7 +816,7 @@ func TestConcurrentGetTemplate(t *testing.T) {
 
 func TestOpenErrors(t *testing.T) {
 	for _, path := range []string{"", "/nonexistent/libnothing.so", "libc.so.6"} {
-		m, err := ckraw.Open(path)
+		m, err := ckraw.Open(path, ckraw.Options{})
 		require.Error(t, err, "Open(%q)", path)
 		require.Nil(t, m)
 		t.Logf("Open(%q): %v", path, err)
@@ -830,7 +830,7 @@ func TestNilAndClosedModule(t *testing.T) {
 	require.ErrorIs(t, err, ckraw.ErrClosed)
 
 	f := newFixture(t)
-	m, err := ckraw.Open(modulePath)
+	m, err := ckraw.Open(modulePath, ckraw.Options{})
 	require.NoError(t, err)
 	require.NoError(t, m.Close())
 	require.NoError(t, m.Close(), "Close is idempotent")

@@ -28,19 +28,19 @@ static CK_BYTE_PTR ckraw_in(CK_BYTE_PTR p) {
 
 static CK_RV ckraw_encrypt(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_Encrypt(s, ckraw_in(in), inLen, out, outLen);
+	return fl->C_Encrypt != NULL ? fl->C_Encrypt(s, ckraw_in(in), inLen, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_decrypt(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-	return fl->C_Decrypt(s, ckraw_in(in), inLen, out, outLen);
+	return fl->C_Decrypt != NULL ? fl->C_Decrypt(s, ckraw_in(in), inLen, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 static CK_RV ckraw_wrap_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s,
 		CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
 		CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
 	CK_MECHANISM m = { mech, NULL_PTR, 0 };
-	return fl->C_WrapKey(s, &m, wrapping, key, out, outLen);
+	return fl->C_WrapKey != NULL ? fl->C_WrapKey(s, &m, wrapping, key, out, outLen) : CKR_FUNCTION_NOT_SUPPORTED;
 }
 */
 import "C"

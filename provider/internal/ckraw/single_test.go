@@ -322,7 +322,7 @@ func TestSingleBadInput(t *testing.T) {
 	require.ErrorIs(t, err, ckraw.ErrClosed)
 
 	f := newFixture(t)
-	m, err := ckraw.Open(modulePath)
+	m, err := ckraw.Open(modulePath, ckraw.Options{})
 	require.NoError(t, err)
 	require.NoError(t, m.Close())
 	_, err = m.Encrypt(1, []byte{1}, 16)

@@ -364,7 +364,7 @@ func findKEKs(m *Module, h pkcs11.SessionHandle, label string, id []byte) ([]KEK
 	return out, nil
 }
 
-func findObjects(ctx *pkcs11.Ctx, h pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]Object, error) {
+func findObjects(ctx *ckraw.Ctx, h pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]Object, error) {
 	if err := ctx.FindObjectsInit(h, tmpl); err != nil {
 		return nil, wrapErr("C_FindObjectsInit", err)
 	}
@@ -509,10 +509,10 @@ type WrapMech struct {
 	Hash uint // CKM_SHA_1 or CKM_SHA256 for OAEP (MGF1 with the same hash)
 }
 
-func (w WrapMech) mechanism() ([]*pkcs11.Mechanism, error) {
+func (w WrapMech) mechanism() ([]*ckraw.Mechanism, error) {
 	switch w.Mech {
 	case pkcs11.CKM_AES_KEY_WRAP, pkcs11.CKM_AES_KEY_WRAP_PAD, CKMAESKeyWrapKWP:
-		return []*pkcs11.Mechanism{pkcs11.NewMechanism(w.Mech, nil)}, nil
+		return []*ckraw.Mechanism{ckraw.NewMechanism(w.Mech, nil)}, nil
 	case pkcs11.CKM_RSA_PKCS_OAEP:
 		var mgf uint
 		switch w.Hash {
@@ -524,7 +524,7 @@ func (w WrapMech) mechanism() ([]*pkcs11.Mechanism, error) {
 			return nil, fmt.Errorf("%w: oaep hash 0x%X", ErrInput, w.Hash)
 		}
 		// PKCS#11 v2.40 mechanisms §2.1.8 CK_RSA_PKCS_OAEP_PARAMS, empty label.
-		return []*pkcs11.Mechanism{pkcs11.NewMechanism(w.Mech, pkcs11.NewOAEPParams(w.Hash, mgf, pkcs11.CKZ_DATA_SPECIFIED, nil))}, nil
+		return []*ckraw.Mechanism{ckraw.NewMechanism(w.Mech, ckraw.NewOAEPParams(w.Hash, mgf, pkcs11.CKZ_DATA_SPECIFIED, nil))}, nil
 	}
 	return nil, fmt.Errorf("%w: wrap mechanism 0x%X", ErrInput, w.Mech)
 }

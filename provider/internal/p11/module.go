@@ -1,11 +1,15 @@
 // Package p11 is the only place in hsmkeys that talks to a PKCS#11 module.
 //
-// It wraps github.com/miekg/pkcs11 with three things the provider needs and
-// miekg does not give: a process-wide, reference-counted module registry
-// (C_Initialize is process-global, PKCS#11 v2.40 §5.4), a bounded session pool
-// that never closes a session owning live session objects (PKCS#11 v2.40
-// §4.4: session objects are destroyed when their session closes), and input
-// validation in front of every miekg call that panics on empty input.
+// Every call goes through the binding in ckraw, which loads each module
+// once, takes its one function list and initialises it once (one binding per
+// module instance: a second C_GetFunctionList through p11-kit's proxy gives
+// a second, uninitialised instance). miekg/pkcs11 supplies constants and types
+// (Attribute, handles, Error) only. On top of ckraw this package adds a process-wide,
+// reference-counted module registry (C_Initialize is process-global,
+// PKCS#11 v2.40 §5.4), a bounded session pool that never closes a session
+// owning live session objects (PKCS#11 v2.40 §4.4: session objects are
+// destroyed when their session closes), and input validation in front of
+// every call.
 package p11
 
 import (
@@ -73,13 +77,11 @@ func CodeOf(err error) (uint, bool) {
 // the library is finalised only when the last user releases it.
 type Module struct {
 	path string
-	ctx  *pkcs11.Ctx
-	raw  *ckraw.Module // the same library, for nested templates
+	raw  *ckraw.Module // the one binding: function list, C_Initialize
+	ctx  *ckraw.Ctx    // raw seen through miekg's method signatures
 	refs int           // guarded by registry.mu
-	// owner is true when our C_Initialize succeeded. A library that another
-	// part of the process initialised first is never finalised by us: that
-	// would pull the module from under it (C_Finalize is process-wide).
-	owner bool
+	// initArgs were given to C_Initialize.
+	initArgs string
 }
 
 var registry = struct {
@@ -87,15 +89,23 @@ var registry = struct {
 	m map[string]*Module
 }{m: map[string]*Module{}}
 
-// ErrModuleLoad means the library could not be loaded (no such file, not a
-// PKCS#11 module, missing C_GetFunctionList).
-var ErrModuleLoad = errors.New("cannot load pkcs11 module")
+// ErrModuleLoad means the library could not be loaded (no such file, the
+// loader's refusal, not a PKCS#11 module, a failing C_GetFunctionList). The
+// error says why, with the loader's text.
+var ErrModuleLoad = ckraw.ErrLoad
+
+// ErrInitArgs: the library is loaded already with other C_Initialize
+// arguments.
+var ErrInitArgs = ckraw.ErrInitArgs
 
 // Load loads and initialises the module at path, or returns the already
-// loaded one. CKR_CRYPTOKI_ALREADY_INITIALIZED is tolerated: another part of
-// the process (crypto11, a second miekg context) may have initialised the
-// library first (PKCS#11 v2.40 §5.4, C_Initialize).
-func Load(path string) (*Module, error) {
+// loaded one. initArgs, when not empty, is passed to C_Initialize as
+// pReserved (NSS softoken reads its configuration there; PKCS#11 v2.40
+// §5.4, CK_C_INITIALIZE_ARGS). CKR_CRYPTOKI_ALREADY_INITIALIZED is
+// tolerated: another part of the process (crypto11, a miekg context) may
+// have initialised a singleton module first; it is then never finalised by
+// us, since C_Finalize would pull it from under its owner.
+func Load(path, initArgs string) (*Module, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: no module path given", ErrModuleLoad)
 	}
@@ -109,30 +119,20 @@ func Load(path string) (*Module, error) {
 	registry.Lock()
 	defer registry.Unlock()
 	if m, ok := registry.m[key]; ok {
+		if m.initArgs != initArgs {
+			return nil, fmt.Errorf("%w: %s", ErrInitArgs, path)
+		}
 		m.refs++
 		return m, nil
 	}
-	ctx := pkcs11.New(key)
-	if ctx == nil {
-		return nil, fmt.Errorf("%w: %s", ErrModuleLoad, path)
-	}
-	owner := true
-	if err := ctx.Initialize(); err != nil {
-		if code, _ := CodeOf(err); code != pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
-			ctx.Destroy()
+	raw, err := ckraw.Open(key, ckraw.Options{InitArgs: initArgs})
+	if err != nil {
+		if ckraw.IsInitError(err) {
 			return nil, wrapErr("C_Initialize", err)
 		}
-		owner = false
+		return nil, err
 	}
-	raw, err := ckraw.Open(key)
-	if err != nil {
-		if owner {
-			_ = ctx.Finalize()
-		}
-		ctx.Destroy()
-		return nil, fmt.Errorf("%w: %s: %w", ErrModuleLoad, path, err)
-	}
-	m := &Module{path: key, ctx: ctx, raw: raw, refs: 1, owner: owner}
+	m := &Module{path: key, raw: raw, ctx: raw.Ctx(), refs: 1, initArgs: initArgs}
 	registry.m[key] = m
 	return m, nil
 }
@@ -152,16 +152,8 @@ func (m *Module) Release() error {
 		return nil
 	}
 	delete(registry.m, m.path)
-	var err error
-	if m.owner {
-		err = m.ctx.Finalize()
-		if code, ok := CodeOf(err); ok && code == pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED {
-			err = nil
-		}
-	}
-	_ = m.raw.Close()
-	m.ctx.Destroy()
-	return wrapErr("C_Finalize", err)
+	// ckraw finalises (if ours) and unloads when this was the last user.
+	return m.raw.Close()
 }
 
 // TokenInfo describes one token present in a slot.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
 
@@ -106,7 +107,7 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 	for _, a := range pol {
 		tmpl = append(tmpl, pkcs11.NewAttribute(a.t, a.v))
 	}
-	h, err := p.ctx().GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	h, err := p.ctx().GenerateKey(s.h, []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
 	if err != nil {
 		return 0, wrapErr("C_GenerateKey", err)
 	}
@@ -183,9 +184,9 @@ const (
 	TagSize   = 16
 )
 
-func gcmMech(nonce, aad []byte) ([]*pkcs11.Mechanism, *pkcs11.GCMParams) {
-	params := pkcs11.NewGCMParams(nonce, aad, TagSize*8)
-	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, params
+func gcmMech(nonce, aad []byte) ([]*ckraw.Mechanism, *ckraw.GCMParams) {
+	params := ckraw.NewGCMParams(nonce, aad, TagSize*8)
+	return []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_GCM, params)}, params
 }
 
 // SealGCM encrypts plaintext with key under AES-GCM in one C_Encrypt and

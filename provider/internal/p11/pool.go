@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
 
@@ -83,8 +84,8 @@ func (p *Pool) Slot() uint { return p.slot }
 // Module is the module this pool's sessions belong to.
 func (p *Pool) Module() *Module { return p.mod }
 
-// Ctx is the miekg context, for operations in this package.
-func (p *Pool) ctx() *pkcs11.Ctx { return p.mod.ctx }
+// ctx is the binding seen through miekg's signatures, for this package.
+func (p *Pool) ctx() *ckraw.Ctx { return p.mod.ctx }
 
 // open opens a session and makes sure the application is logged in. The
 // caller holds a token in p.slots.

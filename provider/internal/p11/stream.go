@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
 
@@ -11,7 +12,7 @@ import (
 // three bytes of AES-ECB of a zero block (the customary KCV; SoftHSM leaves
 // CKA_CHECK_VALUE empty on unwrapped keys, TOKEN-FACTS).
 func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
-	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}
+	m := []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_ECB, nil)}
 	if err := p.ctx().EncryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, wrapErr("C_EncryptInit", err)
 	}
@@ -31,7 +32,7 @@ func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
 type EncryptStream struct {
 	p      *Pool
 	s      *Session
-	params *pkcs11.GCMParams
+	params *ckraw.GCMParams
 	done   bool
 }
 
@@ -106,7 +107,7 @@ func (p *Pool) CTR(s *Session, key Object, nonce []byte) (*EncryptStream, error)
 	binary.NativeEndian.PutUint64(params, 32)
 	copy(params[8:], nonce)
 	binary.BigEndian.PutUint32(params[8+12:], 2)
-	m := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CTR, params)}
+	m := []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_CTR, params)}
 	if err := p.ctx().EncryptInit(s.h, m, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, wrapErr("C_EncryptInit", err)
 	}

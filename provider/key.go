@@ -79,6 +79,9 @@ type Key struct {
 	destroyed bool
 	lost      atomic.Bool
 	seals     atomic.Uint64
+	// detach, when set, ends a token operation that holds a session for
+	// this key between calls (NewEncrypter); destroy calls it first.
+	detach func()
 }
 
 // Generate makes a new session key on the token.
@@ -315,6 +318,9 @@ func (k *Key) destroy(ctx context.Context, unregister bool) error {
 		return nil
 	}
 	k.destroyed = true
+	if k.detach != nil {
+		k.detach()
+	}
 	if unregister {
 		k.p.keysMu.Lock()
 		delete(k.p.keys, k)

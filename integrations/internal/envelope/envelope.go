@@ -135,6 +135,12 @@ func subjectKeyID(pub *rsa.PublicKey) []byte {
 
 // Seal makes one envelope of plaintext, bound to aad.
 func (e *Envelope) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	env, _, err := e.SealKEK(ctx, plaintext, aad)
+	return env, err
+}
+
+// SealKEK is Seal, and says which version of the KEK it sealed for.
+func (e *Envelope) SealKEK(ctx context.Context, plaintext, aad []byte) ([]byte, *provider.KEK, error) {
 	kek := e.KEK()
 	var out bytes.Buffer
 	out.Grow(len(plaintext) + 1024)
@@ -148,9 +154,9 @@ func (e *Envelope) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, err
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out.Bytes(), nil
+	return out.Bytes(), kek, nil
 }
 
 // Open opens an envelope made for a version of this KEK, bound to aad. An

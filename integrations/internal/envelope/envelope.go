@@ -101,29 +101,47 @@ func (e *Envelope) KEK() *provider.KEK {
 }
 
 // Refresh finds the newest version of the KEK on the token again (after a
-// rotation) and returns it. It costs a search of the token's KEKs.
+// rotation) and returns it. It costs one search of the token for the KEK's
+// label.
 func (e *Envelope) Refresh(ctx context.Context) (*provider.KEK, error) {
 	kek, err := e.p.KEK(ctx, e.name)
 	if err != nil {
 		return nil, err
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.kek = kek
+	e.learn(kek)
+	return kek, nil
+}
+
+// learnAll records every version of the KEK on the token as a recipient
+// this envelope opens. It costs a listing of the token's KEKs, made only
+// when a message names a version not seen yet.
+func (e *Envelope) learnAll(ctx context.Context) error {
 	all, err := e.p.KEKs(ctx)
 	if err != nil {
-		return nil, err
-	}
-	known := map[string]bool{}
-	for _, k := range all {
-		if k.Label == e.name {
-			known["id:"+hex.EncodeToString(k.ID)] = true
-			if pub := k.PublicKey(); pub != nil {
-				known["ski:"+hex.EncodeToString(subjectKeyID(pub))] = true
-			}
-		}
+		return err
 	}
 	e.mu.Lock()
-	e.kek, e.known = kek, known
-	e.mu.Unlock()
-	return kek, nil
+	defer e.mu.Unlock()
+	for _, k := range all {
+		if k.Label == e.name {
+			e.learn(k)
+		}
+	}
+	return nil
+}
+
+// learn records k's recipient identifiers; e.mu is held.
+func (e *Envelope) learn(k *provider.KEK) {
+	if e.known == nil {
+		e.known = map[string]bool{}
+	}
+	e.known["id:"+hex.EncodeToString(k.ID)] = true
+	if pub := k.PublicKey(); pub != nil {
+		e.known["ski:"+hex.EncodeToString(subjectKeyID(pub))] = true
+	}
 }
 
 // subjectKeyID is how a CMS KeyTransRecipientInfo names an RSA KEK: RFC
@@ -172,8 +190,8 @@ func (e *Envelope) Open(ctx context.Context, envelope, aad []byte) ([]byte, erro
 		return nil, fmt.Errorf("decrypt: %w: an exported key, not a message", provider.ErrUnsupported)
 	}
 	if !e.isFor(info) {
-		// A version made since the last look?
-		if _, err := e.Refresh(ctx); err != nil {
+		// An older version, or one made since the last look?
+		if err := e.learnAll(ctx); err != nil {
 			return nil, err
 		}
 		if !e.isFor(info) {

@@ -343,16 +343,20 @@ func TestTokenCalls(t *testing.T) {
 	_, err = e.Open(bg, env, []byte("aad"))
 	require.NoError(t, err)
 	s2 := snapshot(t)
-	seal, open := calls(s0, s1), calls(s1, s2)
+	_, err = e.Refresh(bg)
+	require.NoError(t, err)
+	s3 := snapshot(t)
+	seal, open, refresh := calls(s0, s1), calls(s1, s2), calls(s2, s3)
 	t.Logf("seal (RSA-2048 KEK, 1 KiB): %v", seal)
 	t.Logf("open (RSA-2048 KEK, 1 KiB): %v", open)
+	t.Logf("refresh (kmswrap KeyId; %d KEK objects on the token): %v", len(must(e.Provider().KEKs(bg))), refresh)
 	sum := func(m map[string]uint64) (n uint64) {
 		for _, v := range m {
 			n += v
 		}
 		return n
 	}
-	t.Logf("seal: %d calls, open: %d calls", sum(seal), sum(open))
+	t.Logf("seal: %d calls, open: %d calls, refresh: %d calls", sum(seal), sum(open), sum(refresh))
 
 	assert.Equal(t, uint64(1), seal["C_GenerateKey"], "one fresh key per message")
 	assert.Equal(t, uint64(1), seal["C_DestroyObject"], "the key destroyed after the message")

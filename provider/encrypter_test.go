@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"io"
+	"log"
 	"os"
 	"path/filepath"
 	"testing"
@@ -239,5 +241,38 @@ func TestEncrypterOpenSSL(t *testing.T) {
 		got, err := os.ReadFile(dec)
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(msg, got), "openssl -inform %s", form)
+	}
+}
+
+// NewEncrypter takes what an encoder writes, without a pipe and a
+// goroutine: here a JSON document, encrypted as it is encoded.
+func ExampleProvider_NewEncrypter() {
+	ctx := context.Background()
+	p, err := Open(ctx, Config{
+		URI: "pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so",
+		PIN: PINFile("/run/secrets/hsm-pin"),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	kek, err := p.KEK(ctx, "backup")
+	if err != nil {
+		log.Fatal(err)
+	}
+	out, err := os.Create("report.json.cms")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer out.Close()
+	w, err := p.NewEncrypter(ctx, out, []*KEK{kek}, Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := json.NewEncoder(w).Encode(map[string]int{"users": 42}); err != nil {
+		log.Fatal(err) // the message is void; its session key is gone
+	}
+	if err := w.Close(); err != nil { // the tag: without it nothing decrypts
+		log.Fatal(err)
 	}
 }

@@ -265,13 +265,12 @@ func (w *encrypter) fail(err error) {
 	w.buf = w.buf[:0]
 	// Key.destroy calls detach under the key's write lock.
 	w.k.Destroy(context.WithoutCancel(w.ctx))
-	if w.s != nil {
-		// The provider was closed first (Destroy did nothing), or the key
-		// was lost: give the session back all the same.
-		w.k.mu.Lock()
-		w.release()
-		w.k.mu.Unlock()
-	}
+	// If the provider was closing (Destroy did nothing; Close's own destroy
+	// may be detaching now) or the key was lost (nothing to destroy), give
+	// the session back all the same, under the same lock.
+	w.k.mu.Lock()
+	w.release()
+	w.k.mu.Unlock()
 }
 
 // detach is called by Key.destroy, with the key's write lock held.

@@ -367,3 +367,47 @@ func TestTokenCalls(t *testing.T) {
 		assert.Zero(t, seal[f]+open[f], "%s in steady state", f)
 	}
 }
+
+// TestConcurrent seals and opens from many goroutines at once, more than
+// the provider has sessions, with a Refresh among them.
+func TestConcurrent(t *testing.T) {
+	tok.Need(t)
+	cfg, err := Settings{KEK: "env-a"}.Config(func(k string) string { return tok.Env()[k] })
+	require.NoError(t, err)
+	cfg.MaxSessions = 4
+	p, err := provider.Open(bg, cfg)
+	require.NoError(t, err)
+	defer p.Close()
+	e, err := New(bg, p, "env-a")
+	require.NoError(t, err)
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			errs <- func() error {
+				msg := []byte(fmt.Sprintf("message %d", i))
+				for range 8 {
+					if i == 0 {
+						if _, err := e.Refresh(bg); err != nil {
+							return err
+						}
+					}
+					env, err := e.Seal(bg, msg, msg)
+					if err != nil {
+						return err
+					}
+					got, err := e.Open(bg, env, msg)
+					if err != nil {
+						return err
+					}
+					if !bytes.Equal(got, msg) {
+						return fmt.Errorf("got %q, want %q", got, msg)
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range 16 {
+		require.NoError(t, <-errs)
+	}
+}

@@ -25,8 +25,11 @@ import (
 //
 // The header, with the session key wrapped for each KEK, is written before
 // NewEncrypter returns. Between NewEncrypter and Close the writer holds one
-// of the provider's sessions (a token runs one operation per session) and
-// its session key. Write and Close honour ctx: cancel it to abandon a
+// of the provider's sessions and its session key: a multi-part AES-GCM
+// encryption is state of the session it began on, which runs one
+// encryption at a time (PKCS#11 v2.40 §5.8, C_EncryptInit; §5.2). With
+// Config.MaxSessions writers open, other calls wait for a session, as long
+// as their context lets them (and Provider.Close waits for those). Write and Close honour ctx: cancel it to abandon a
 // message. After an error from Write or Close the message is void: the
 // writer has ended its token operation and destroyed its session key, and
 // every later call returns that error. A writer never closed keeps its

@@ -80,6 +80,9 @@ type Key struct {
 	gone      bool // the token object is destroyed (or was lost)
 	lost      atomic.Bool
 	seals     atomic.Uint64
+	// detach, when set, ends a token operation that holds a session for
+	// this key between calls (NewEncrypter); destroy calls it first.
+	detach func()
 }
 
 // Generate makes a new session key on the token.
@@ -324,6 +327,9 @@ func (k *Key) destroy(ctx context.Context) error {
 // destroyLocked is destroy; the caller holds k.mu for writing.
 func (k *Key) destroyLocked(ctx context.Context) error {
 	k.destroyed = true // from now on every use is refused
+	if k.detach != nil {
+		k.detach() // a writer's operation ends and its session returns first
+	}
 	if k.gone {
 		return nil
 	}

@@ -32,6 +32,14 @@ fi
 
 go test -race -count=1 -timeout 30m "$@" ./...
 
+# --- adapters (h14integ): each integrations/NAME is its own Go module, built
+# against this tree (replace => ../..), so ./... above does not reach it.
+for m in integrations/*/; do
+  [ -f "$m/go.mod" ] || continue # integrations/internal is the core module's
+  (cd "$m" && go test -race -count=1 -timeout 30m "$@" ./...)
+done
+# --- end adapters
+
 fuzztime="${HSMKEYS_FUZZTIME:-20000x}"
 if [ "$fuzztime" != 0 ]; then
   # Every fuzz target, briefly, from its committed seed corpus.

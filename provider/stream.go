@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -177,15 +178,20 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 // read from src (DER, BER or PEM), size bytes long. o.Context must equal the
 // encryption context the message was made with.
 //
-// No plaintext is written to dst unless the whole message authenticates:
-// a message up to 4 MiB is decrypted by the token's AES-GCM in one call;
-// a larger one is first checked (AES-CTR decryption and AES-GCM
-// re-encryption on the token, comparing the tag), then decrypted with AES-CTR
-// in a second pass. Memory use does not grow with the message. If the tag
-// fails, dst has received nothing. If the token fails during the second
-// pass (a device error, the token gone), dst may have received an
-// authenticated prefix of the plaintext and Decrypt returns the error:
-// write to a temporary file and keep it only on success, as hsmkeys does.
+// Decrypt returns nil only if every byte it wrote to dst is plaintext of
+// the authenticated message. A message up to 4 MiB is read once and
+// decrypted by the token's AES-GCM in one call: nothing reaches dst unless
+// it authenticates. A larger one is read twice: pass 1 checks the tag
+// (AES-CTR decryption and AES-GCM re-encryption on the token) and writes
+// nothing; pass 2 decrypts with AES-CTR to dst and, at the end, checks that
+// it read exactly the ciphertext pass 1 authenticated (a SHA-256 of the
+// content of each pass). So a message that does not authenticate gives dst
+// nothing, but if src changes between or during the passes (a file
+// rewritten meanwhile), dst may hold bytes that were never authenticated
+// and Decrypt returns ErrAuthentication; a token failure in pass 2 likewise
+// leaves a prefix in dst with the error. Whenever Decrypt returns an error,
+// discard what dst received: write to a temporary file and keep it only on
+// success, as hsmkeys does.
 func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, size int64, o Options) error {
 	if dst == nil || src == nil {
 		return fmt.Errorf("decrypt: %w: nil reader or writer", ErrInvalidInput)
@@ -292,9 +298,18 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 // AAD turns back into the ciphertext and, at the end, the tag. The
 // plaintext is discarded. Pass 2, only if the tags match: AES-CTR again,
 // to dst. Every AES operation runs on the token under the session key; Go
-// sees plaintext only in 64 KiB pieces and never the key or the GHASH key.
+// sees plaintext only in chunk-sized pieces and never the key or the GHASH
+// key.
+//
+// src is read twice and may change in between (a file rewritten, an
+// io.ReaderAt that answers differently): each pass hashes the content it
+// read, and pass 2 fails unless it decrypted exactly what pass 1
+// authenticated. SHA-256 rather than a second GCM pass on the token: it
+// makes pass 2 cost a third more instead of twice as much
+// (BenchmarkDecryptStream, docs/performance.md).
 func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
 	h := m.Header
+	var checked [sha256.Size]byte
 	err := k.usePair(ctx, "tag check", func(s1, s2 *p11.Session) error {
 		ctr, err := p.pool.CTR(s1, k.obj, h.Nonce)
 		if err != nil {
@@ -306,7 +321,9 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 			return err
 		}
 		defer gcm.Abort()
+		sum := sha256.New()
 		err = eachChunk(ctx, m.Content(), p.chunkSize(), func(c []byte) error {
+			sum.Write(c)
 			pt, err := ctr.Update(c)
 			if err != nil {
 				return err
@@ -334,6 +351,7 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 		if len(last) < p11.TagSize || subtle.ConstantTimeCompare(last[len(last)-p11.TagSize:], m.MAC) != 1 {
 			return fmt.Errorf("%w: gcm tag mismatch", ErrAuthentication)
 		}
+		sum.Sum(checked[:0])
 		return nil
 	})
 	if err != nil {
@@ -345,7 +363,9 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 			return err
 		}
 		defer ctr.Abort()
+		sum := sha256.New()
 		err = eachChunk(ctx, m.Content(), p.chunkSize(), func(c []byte) error {
+			sum.Write(c)
 			pt, err := ctr.Update(c)
 			if err != nil {
 				return err
@@ -361,7 +381,14 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 		if err == nil && len(rest) > 0 {
 			_, err = dst.Write(rest)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		var read [sha256.Size]byte
+		if subtle.ConstantTimeCompare(sum.Sum(read[:0]), checked[:]) != 1 {
+			return fmt.Errorf("%w: the input changed while it was decrypted; the output holds unauthenticated bytes and must be discarded", ErrAuthentication)
+		}
+		return nil
 	})
 }
 

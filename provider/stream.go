@@ -202,12 +202,11 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 	var head [64]byte
 	n, _ := src.ReadAt(head[:], 0)
 	if cms.IsArmored(head[:n]) {
-		f, fsize, err := unarmorToTemp(io.NewSectionReader(src, 0, size))
+		f, fsize, done, err := unarmorToTemp(io.NewSectionReader(src, 0, size))
 		if err != nil {
 			return fmt.Errorf("decrypt: %w", err)
 		}
-		defer os.Remove(f.Name())
-		defer f.Close()
+		defer done()
 		src, size = f, fsize
 	}
 	m, err := cms.Parse(src, size)
@@ -221,19 +220,25 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 }
 
 // unarmorToTemp decodes PEM into a temporary file (ciphertext only), so
-// that the message can be read at random offsets.
-func unarmorToTemp(r io.Reader) (*os.File, int64, error) {
-	f, err := os.CreateTemp("", "hsmkeys-der-*")
+// that the message can be read at random offsets. The file is removed as
+// soon as it is made: it has no name while it is used, nothing is left if
+// the process dies, and no other process can open it by name to change
+// it. done closes it.
+func unarmorToTemp(r io.Reader) (f *os.File, n int64, done func(), err error) {
+	f, err = os.CreateTemp("", "hsmkeys-der-*")
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	n, err := io.Copy(f, cms.NewUnarmorReader(r))
+	done = func() { f.Close() }
+	if os.Remove(f.Name()) != nil { // where an open file cannot be removed (Windows): after Close
+		done = func() { f.Close(); os.Remove(f.Name()) }
+	}
+	n, err = io.Copy(f, cms.NewUnarmorReader(r))
 	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, 0, mapCMS(err)
+		done()
+		return nil, 0, nil, mapCMS(err)
 	}
-	return f, n, nil
+	return f, n, done, nil
 }
 
 func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) error {

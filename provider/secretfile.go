@@ -67,7 +67,7 @@ func openSecretFile(path string, pipeOK bool) (*os.File, fs.FileInfo, error) {
 	case mode.IsRegular(), pipeOK && mode&fs.ModeNamedPipe != 0:
 	default:
 		f.Close()
-		return nil, nil, fmt.Errorf("not a regular file (%v)", mode.Type())
+		return nil, nil, fmt.Errorf("not a regular file (%s)", fileKind(mode))
 	}
 	if mode.Perm()&0o077 != 0 {
 		f.Close()
@@ -84,6 +84,20 @@ func openSecretFile(path string, pipeOK bool) (*os.File, fs.FileInfo, error) {
 		return nil, nil, fmt.Errorf("%w: %d bytes", ErrSecretTooLong, st.Size())
 	}
 	return f, st, nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeCharDevice != 0, m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "type " + m.Type().String()
 }
 
 // readSecret reads at most maxSecretFile bytes of f until end of file, or

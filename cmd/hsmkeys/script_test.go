@@ -71,9 +71,11 @@ func TestScripts(t *testing.T) {
 		Setup:               func(env *testscript.Env) error { return setupToken(env, module) },
 		Condition:           condition,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"flip":   cmdFlip,
-			"perm":   cmdPerm,
-			"notemp": cmdNoTemp,
+			"flip":       cmdFlip,
+			"perm":       cmdPerm,
+			"notemp":     cmdNoTemp,
+			"lnother":    cmdLinkOther,
+			"chownother": cmdChownOther,
 		},
 	})
 }
@@ -123,6 +125,13 @@ func setupToken(env *testscript.Env, module string) error {
 // condition answers [openssl]: false skips a script, except under CI,
 // where a missing openssl fails it.
 func condition(cond string) (bool, error) {
+	switch cond {
+	case "root":
+		return os.Geteuid() == 0, nil
+	case "unshare":
+		// A mount namespace of our own, to run without /proc.
+		return exec.Command("unshare", "-m", "true").Run() == nil, nil
+	}
 	if cond != "openssl" {
 		return false, fmt.Errorf("unknown condition %q", cond)
 	}
@@ -184,6 +193,28 @@ func cmdNoTemp(ts *testscript.TestScript, neg bool, args []string) {
 			}
 		}
 	}
+}
+
+// otherUID is the uid of "another user" in the scripts.
+const otherUID = 54321
+
+// lnother LINK TARGET: a symbolic link owned by another user (otherUID),
+// as one planted in a shared directory would be. Needs root.
+func cmdLinkOther(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: lnother LINK TARGET")
+	}
+	link := ts.MkAbs(args[0])
+	ts.Check(os.Symlink(args[1], link))
+	ts.Check(os.Lchown(link, otherUID, otherUID))
+}
+
+// chownother FILE: FILE now belongs to another user (otherUID).
+func cmdChownOther(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: chownother FILE")
+	}
+	ts.Check(os.Chown(ts.MkAbs(args[0]), otherUID, otherUID))
 }
 
 // badKEKMain makes a KEK that breaks hsmkeys' policy: an AES key the user

@@ -71,11 +71,13 @@ func TestScripts(t *testing.T) {
 		Setup:               func(env *testscript.Env) error { return setupToken(env, module) },
 		Condition:           condition,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"flip":       cmdFlip,
-			"perm":       cmdPerm,
-			"notemp":     cmdNoTemp,
-			"lnother":    cmdLinkOther,
-			"chownother": cmdChownOther,
+			"flip":        cmdFlip,
+			"perm":        cmdPerm,
+			"notemp":      cmdNoTemp,
+			"lnother":     cmdLinkOther,
+			"chownother":  cmdChownOther,
+			"bigfile":     cmdBigFile,
+			"changeunder": cmdChangeUnder,
 		},
 	})
 }
@@ -215,6 +217,68 @@ func cmdChownOther(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("usage: chownother FILE")
 	}
 	ts.Check(os.Chown(ts.MkAbs(args[0]), otherUID, otherUID))
+}
+
+// bigfile FILE SIZE: FILE holds SIZE bytes of a repeating text.
+func cmdBigFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: bigfile FILE SIZE")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), bytes.Repeat([]byte("0123456789abcdef"), n/16+1)[:n], 0o600))
+}
+
+// changeunder FILE.cms: runs `hsmkeys decrypt -i FILE.cms` with stdout a
+// pipe that the test reads one byte of, then leaves full; the first byte
+// means the first pass (the tag check) is over and the second is under way
+// and now blocked on the pipe, far from the end of the file. The test then
+// changes a byte three quarters into FILE.cms (in the content of a message
+// of some MiB), as another process rewriting the file would, drains stdout
+// and wants exit status 1 with the error for an input that changed.
+func cmdChangeUnder(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: changeunder FILE.cms")
+	}
+	path := ts.MkAbs(args[0])
+	cmd := exec.Command("hsmkeys", "decrypt", "-i", path)
+	cmd.Dir = ts.MkAbs(".")
+	for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
+		"HSMKEYS_PIN_FILE", "HSMKEYS_TEST_SECRETS", "GORACE"} {
+		cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+	}
+	out, err := cmd.StdoutPipe()
+	ts.Check(err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	ts.Check(cmd.Start())
+	var one [1]byte
+	if _, err := io.ReadFull(out, one[:]); err != nil {
+		_ = cmd.Wait()
+		ts.Fatalf("no output from the second pass: %v\n%s", err, stderr.String())
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	ts.Check(err)
+	st, err := f.Stat()
+	ts.Check(err)
+	off := st.Size() * 3 / 4
+	var b [1]byte
+	_, err = f.ReadAt(b[:], off)
+	ts.Check(err)
+	b[0] ^= 0x01
+	_, err = f.WriteAt(b[:], off)
+	ts.Check(err)
+	ts.Check(f.Close())
+	_, _ = io.Copy(io.Discard, out)
+	err = cmd.Wait()
+	ts.Logf("%s", stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		ts.Fatalf("hsmkeys decrypt of a file changed under it: %v, want exit status 1", err)
+	}
+	if !strings.Contains(stderr.String(), "the input changed while it was decrypted") {
+		ts.Fatalf("stderr does not say the input changed")
+	}
 }
 
 // badKEKMain makes a KEK that breaks hsmkeys' policy: an AES key the user

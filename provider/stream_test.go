@@ -3,6 +3,7 @@ package provider
 import (
 	"bytes"
 	"io"
+	"os"
 	"sync"
 	"testing"
 
@@ -117,4 +118,48 @@ func BenchmarkDecryptStream(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// listingReaderAt lists a directory on every read after the first, as a
+// witness of what is there while Decrypt copies a PEM message.
+type listingReaderAt struct {
+	r     io.ReaderAt
+	dir   string
+	reads int
+	seen  []string
+}
+
+func (l *listingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	l.reads++
+	if l.reads > 1 {
+		entries, _ := os.ReadDir(l.dir)
+		for _, e := range entries {
+			l.seen = append(l.seen, e.Name())
+		}
+	}
+	return l.r.ReadAt(p, off)
+}
+
+// TestDecryptPEMLeavesNoName: a PEM message is decoded into a temporary
+// file that has no name while it is used (another process cannot open it
+// to change it, a crash leaves nothing).
+func TestDecryptPEMLeavesNoName(t *testing.T) {
+	a := openAdmin(t)
+	kek := makeKEK(t, a, uniqueName(t, "pem"), KEKRSA2048)
+	p := openProvider(t)
+	kek = mustKEK(t, p, kek)
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	msg := bytes.Repeat([]byte("pem message "), 10000)
+	var out bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), int64(len(msg)), []*KEK{kek}, Options{Armor: true}))
+	l := &listingReaderAt{r: bytes.NewReader(out.Bytes()), dir: tmp}
+	var got bytes.Buffer
+	require.NoError(t, p.Decrypt(bg, &got, l, int64(out.Len()), Options{}))
+	require.Equal(t, msg, got.Bytes())
+	require.Greater(t, l.reads, 1)
+	assert.Empty(t, l.seen, "no named temporary file while decoding")
+	entries, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	assert.Empty(t, entries)
 }

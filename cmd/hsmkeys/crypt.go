@@ -33,11 +33,15 @@ var decryptSpec = spec{
 	usage: "decrypt [--context k=v...] [-i IN] [-o OUT | FILE.cms... [-j N]]",
 	about: `Decrypts a message made by 'hsmkeys encrypt' (or by openssl cms for a
 recipient whose KEK is on this token), DER or PEM, from IN (default stdin)
-to OUT (default stdout). Nothing is written unless the whole message
-authenticates; OUT is written atomically, mode 0600, and an existing OUT is
-left untouched when decryption fails. The --context pairs must be those the
-message was made with. With FILE.cms operands instead of -i/-o, each is
-decrypted to FILE, up to N files at once.`,
+to OUT (default stdout). OUT is written atomically, mode 0600, only once
+the whole message authenticates; an existing OUT is left untouched when
+decryption fails, and a link as OUT is refused. A message over 4 MiB is
+read twice; if IN changes in between, decrypt fails (stdout may then have
+received unauthenticated bytes: discard them on exit status 1). From a
+pipe, IN is first copied to an unnamed file in $TMPDIR, as large as the
+message. The --context pairs must be those the message was made with.
+With FILE.cms operands instead of -i/-o, each is decrypted to FILE, up to
+N files at once.`,
 	examples: `hsmkeys decrypt -i db.dump.cms -o db.dump
 hsmkeys decrypt --context host=db1 < data.tar.pem | tar x
 hsmkeys decrypt logs/*.log.cms                   # logs/a.log, ...

@@ -19,7 +19,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 	"github.com/rogpeppe/go-internal/testscript"
@@ -78,6 +80,7 @@ func TestScripts(t *testing.T) {
 			"chownother":  cmdChownOther,
 			"bigfile":     cmdBigFile,
 			"changeunder": cmdChangeUnder,
+			"pinfifo":     cmdPINFIFO,
 		},
 	})
 }
@@ -278,6 +281,43 @@ func cmdChangeUnder(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if !strings.Contains(stderr.String(), "the input changed while it was decrypted") {
 		ts.Fatalf("stderr does not say the input changed")
+	}
+}
+
+// pinfifo: `hsmkeys selftest` with a FIFO as PIN file whose writer (this
+// test) never writes; once hsmkeys has opened the FIFO (the test's open for
+// writing returns only then, so the read is under way) it gets SIGINT, and
+// must end, exit status 1, saying it was interrupted.
+func cmdPINFIFO(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: pinfifo")
+	}
+	fifo := ts.MkAbs("pin.fifo")
+	ts.Check(syscall.Mkfifo(fifo, 0o600))
+	cmd := exec.Command("hsmkeys", "--pin-file", fifo, "selftest")
+	for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
+		"HSMKEYS_TEST_SECRETS", "GORACE"} {
+		cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	ts.Check(cmd.Start())
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0) // returns once hsmkeys opened it
+	ts.Check(err)
+	defer w.Close()
+	ts.Check(cmd.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute): // a guard against a hang, not a race
+		_ = cmd.Process.Kill()
+		ts.Fatalf("hsmkeys still waits for the pin fifo after an interrupt")
+	}
+	ts.Logf("%s", stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
+		ts.Fatalf("hsmkeys after an interrupt while reading the pin: %v, want exit status 1 and \"interrupted\"", err)
 	}
 }
 

@@ -158,8 +158,30 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(attrs...)
 }
 
-// resolve merges the URI into the explicit fields.
+// resolve merges the URI into the explicit fields and holds the PIN source
+// to MaxPINLen.
 func (c Config) resolve() (Config, error) {
+	c, err := c.resolveURI()
+	if err == nil && c.PIN != nil {
+		c.PIN = cappedPIN{c.PIN}
+	}
+	return c, err
+}
+
+// cappedPIN holds any PIN source, the caller's own included, to the
+// checks of checkPIN before the PIN reaches C_Login.
+type cappedPIN struct{ src PINSource }
+
+func (p cappedPIN) ReadPIN(ctx context.Context, t TokenInfo) ([]byte, error) {
+	pin, err := p.src.ReadPIN(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return checkPIN(pin, "the pin")
+}
+func (p cappedPIN) String() string { return fmt.Sprint(p.src) }
+
+func (c Config) resolveURI() (Config, error) {
 	if c.URI == "" {
 		return c, nil
 	}

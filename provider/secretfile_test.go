@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -130,6 +131,23 @@ func TestPINFileBounded(t *testing.T) {
 	pin, err := PINFile(fifo).ReadPIN(bg, TokenInfo{})
 	require.NoError(t, err)
 	assert.Equal(t, "4321", string(pin))
+}
+
+// longPIN is a PIN source of the caller's own that gives too long a PIN.
+type longPIN struct{}
+
+func (longPIN) ReadPIN(context.Context, TokenInfo) ([]byte, error) {
+	return bytes.Repeat([]byte("7"), MaxPINLen+1), nil
+}
+
+// TestLongPINNeverReachesLogin: whatever the source, a PIN over MaxPINLen
+// is refused before C_Login, so it costs no PIN try.
+func TestLongPINNeverReachesLogin(t *testing.T) {
+	needToken(t)
+	_, err := Open(bg, Config{Module: tok.module, TokenLabel: tok.label, PIN: longPIN{}})
+	require.ErrorIs(t, err, ErrSecretTooLong)
+	var pe *PINError
+	require.False(t, errors.As(err, &pe), "no login was tried: %v", err)
 }
 
 func TestPINSourceFileURI(t *testing.T) {

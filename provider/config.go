@@ -83,7 +83,7 @@ type redacted struct {
 	Slot           *uint  `json:"slot,omitempty"`
 	PIN            string `json:"pin,omitempty"`
 	MaxSessions    int    `json:"max_sessions,omitempty"`
-	ExportPolicy   int    `json:"export_policy,omitempty"`
+	ExportPolicy   string `json:"export_policy,omitempty"`
 	PolicyCheck    int    `json:"policy_check,omitempty"`
 	ChunkSize      int    `json:"chunk_size,omitempty"`
 	MaxSealsPerKey uint64 `json:"max_seals_per_key,omitempty"`
@@ -91,7 +91,7 @@ type redacted struct {
 
 func (c Config) redact() redacted {
 	r := redacted{Module: c.Module, TokenLabel: c.TokenLabel, TokenSerial: c.TokenSerial, Slot: c.Slot,
-		MaxSessions: c.MaxSessions, ExportPolicy: int(c.ExportPolicy), PolicyCheck: int(c.PolicyCheck),
+		MaxSessions: c.MaxSessions, ExportPolicy: c.ExportPolicy.String(), PolicyCheck: int(c.PolicyCheck),
 		ChunkSize: c.ChunkSize, MaxSealsPerKey: c.MaxSealsPerKey}
 	if c.URI != "" {
 		if u, err := pkcs11uri.Parse(c.URI); err == nil {

@@ -27,7 +27,10 @@ func procFD(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd
 
 // canLinkUnnamed reports whether linkUnnamed will be able to name f: with
 // /proc mounted, or else with AT_EMPTY_PATH, which needs
-// CAP_DAC_READ_SEARCH (linkat(2)).
+// CAP_DAC_READ_SEARCH (linkat(2)). Linux 6.10 and later also let the
+// process that opened the file do it; asking for the capability keeps to
+// what every kernel allows, at the price of a named temporary file where
+// a new kernel would not have needed one.
 func canLinkUnnamed(f *os.File) bool {
 	if _, err := os.Stat(procFD(f)); err == nil {
 		return true

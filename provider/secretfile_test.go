@@ -44,6 +44,14 @@ func TestSecretFileChecks(t *testing.T) {
 	goodLink := filepath.Join(dir, "link-to-good")
 	require.NoError(t, os.Symlink(good, goodLink))
 
+	// A KEK value file is a regular file: a FIFO is refused before any read
+	// could wait on it.
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	_, err := readSecretFile(fifo)
+	require.ErrorIs(t, err, ErrSecretFile)
+	assert.Contains(t, err.Error(), "not a regular file (a pipe)")
+
 	for _, path := range []string{good, goodLink} {
 		pin, err := PINFile(path).ReadPIN(bg, TokenInfo{})
 		require.NoError(t, err, path)

@@ -1,15 +1,12 @@
 package provider
 
 import (
-	"bytes"
 	"context"
 	"crypto/rsa"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
-	"os"
 	"strings"
 	"sync"
 
@@ -337,9 +334,6 @@ func (a *Admin) ImportPublicKEK(ctx context.Context, name string, pub *rsa.Publi
 	return a.byID(ctx, id)
 }
 
-// ErrSecretFile: a KEK value file is unsafe or malformed.
-var ErrSecretFile = errors.New("kek value file refused")
-
 // ImportKEK makes an AES KEK named name from a value an administrator
 // supplies (a key ceremony, a KEK shared with another site). The file must
 // not be readable by group or others, and hold exactly 16 or 32 bytes, raw or
@@ -364,48 +358,6 @@ func (a *Admin) ImportKEK(ctx context.Context, name string, path string) (*KEK, 
 		return nil, fmt.Errorf("import kek %q: %w", name, mapErr(err))
 	}
 	return a.byID(ctx, id)
-}
-
-func readSecretFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSecretFile, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSecretFile, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrSecretFile, path)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%w: %s is accessible to group or others (mode %04o); chmod 600 it", ErrSecretFile, path, st.Mode().Perm())
-	}
-	if st.Size() > 256 {
-		return nil, fmt.Errorf("%w: %s is %d bytes, too long for a kek value", ErrSecretFile, path, st.Size())
-	}
-	buf := make([]byte, 257)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		clear(buf)
-		return nil, fmt.Errorf("%w: %w", ErrSecretFile, err)
-	}
-	data := buf[:n]
-	defer clear(buf)
-	switch n {
-	case 16, 32:
-		return bytes.Clone(data), nil
-	}
-	text := bytes.TrimRight(data, "\r\n")
-	if l := len(text); l == 32 || l == 64 {
-		out := make([]byte, l/2)
-		if _, err := hex.Decode(out, text); err == nil {
-			return out, nil
-		}
-		clear(out)
-	}
-	return nil, fmt.Errorf("%w: %s holds neither 16 or 32 raw bytes nor 32 or 64 hex digits", ErrSecretFile, path)
 }
 
 func (a *Admin) byID(ctx context.Context, id []byte) (*KEK, error) {

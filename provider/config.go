@@ -3,9 +3,10 @@ package provider
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -78,38 +79,116 @@ const DefaultMaxSessions = 16
 // zero.
 const DefaultMaxSealsPerKey = 1 << 32
 
+// redacted is the configuration as it may be shown: the URI without its
+// pin-value, the PIN source by kind only (a file's or variable's name, never
+// a value).
+type redacted struct {
+	Module         string `json:"module,omitempty"`
+	URI            string `json:"uri,omitempty"`
+	TokenLabel     string `json:"token,omitempty"`
+	TokenSerial    string `json:"serial,omitempty"`
+	Slot           *uint  `json:"slot,omitempty"`
+	PIN            string `json:"pin,omitempty"`
+	MaxSessions    int    `json:"max_sessions,omitempty"`
+	ExportPolicy   string `json:"export_policy,omitempty"`
+	PolicyCheck    int    `json:"policy_check,omitempty"`
+	ChunkSize      int    `json:"chunk_size,omitempty"`
+	MaxSealsPerKey uint64 `json:"max_seals_per_key,omitempty"`
+}
+
+func (c Config) redact() redacted {
+	r := redacted{Module: c.Module, TokenLabel: c.TokenLabel, TokenSerial: c.TokenSerial, Slot: c.Slot,
+		MaxSessions: c.MaxSessions, ExportPolicy: c.ExportPolicy.String(), PolicyCheck: int(c.PolicyCheck),
+		ChunkSize: c.ChunkSize, MaxSealsPerKey: c.MaxSealsPerKey}
+	if c.URI != "" {
+		if u, err := pkcs11uri.Parse(c.URI); err == nil {
+			r.URI = u.String() // never encodes pin-value
+			if u.PINValue != nil {
+				clear(u.PINValue)
+				r.PIN = "pin(value in uri, redacted)"
+			}
+		} else {
+			r.URI = "(malformed)"
+		}
+	}
+	if c.PIN != nil {
+		r.PIN = fmt.Sprint(c.PIN)
+	}
+	return r
+}
+
 // String describes the configuration without any PIN.
 func (c Config) String() string {
+	r := c.redact()
 	var parts []string
 	add := func(k, v string) {
 		if v != "" {
 			parts = append(parts, k+"="+v)
 		}
 	}
-	add("module", c.Module)
-	if c.URI != "" {
-		if u, err := pkcs11uri.Parse(c.URI); err == nil {
-			add("uri", u.String())
-		} else {
-			add("uri", "(malformed)")
-		}
+	add("module", r.Module)
+	add("uri", r.URI)
+	add("token", r.TokenLabel)
+	add("serial", r.TokenSerial)
+	if r.Slot != nil {
+		add("slot", fmt.Sprint(*r.Slot))
 	}
-	add("token", c.TokenLabel)
-	add("serial", c.TokenSerial)
-	if c.Slot != nil {
-		add("slot", fmt.Sprint(*c.Slot))
-	}
-	if c.PIN != nil {
-		add("pin", fmt.Sprint(c.PIN))
-	}
+	add("pin", r.PIN)
 	return "provider.Config{" + strings.Join(parts, " ") + "}"
 }
 
 // GoString keeps %#v as safe as %v.
 func (c Config) GoString() string { return c.String() }
 
-// resolve merges the URI into the explicit fields.
+// MarshalJSON encodes the configuration without any PIN: a URI's
+// pin-value is left out, a PIN source is named by kind.
+func (c Config) MarshalJSON() ([]byte, error) { return json.Marshal(c.redact()) }
+
+// LogValue gives log/slog the configuration without any PIN, whatever the
+// handler.
+func (c Config) LogValue() slog.Value {
+	r := c.redact()
+	attrs := []slog.Attr{}
+	add := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, slog.String(k, v))
+		}
+	}
+	add("module", r.Module)
+	add("uri", r.URI)
+	add("token", r.TokenLabel)
+	add("serial", r.TokenSerial)
+	if r.Slot != nil {
+		attrs = append(attrs, slog.Uint64("slot", uint64(*r.Slot)))
+	}
+	add("pin", r.PIN)
+	return slog.GroupValue(attrs...)
+}
+
+// resolve merges the URI into the explicit fields and holds the PIN source
+// to MaxPINLen.
 func (c Config) resolve() (Config, error) {
+	c, err := c.resolveURI()
+	if err == nil && c.PIN != nil {
+		c.PIN = cappedPIN{c.PIN}
+	}
+	return c, err
+}
+
+// cappedPIN holds any PIN source, the caller's own included, to the
+// checks of checkPIN before the PIN reaches C_Login.
+type cappedPIN struct{ src PINSource }
+
+func (p cappedPIN) ReadPIN(ctx context.Context, t TokenInfo) ([]byte, error) {
+	pin, err := p.src.ReadPIN(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return checkPIN(pin, "the pin")
+}
+func (p cappedPIN) String() string { return fmt.Sprint(p.src) }
+
+func (c Config) resolveURI() (Config, error) {
 	if c.URI == "" {
 		return c, nil
 	}
@@ -149,10 +228,9 @@ func (c Config) resolve() (Config, error) {
 		uriPIN = PINValue(u.PINValue)
 		clear(u.PINValue)
 	case strings.HasPrefix(u.PINSource, "file:"):
-		path := strings.TrimPrefix(u.PINSource, "file:")
-		path = strings.TrimPrefix(path, "//") // file:///p and file:/p
-		if path == "" {
-			return c, fmt.Errorf("%w: uri pin-source names no file", ErrConfig)
+		path, err := fileURIPath(u.PINSource)
+		if err != nil {
+			return c, fmt.Errorf("%w: uri pin-source: %w", ErrConfig, err)
 		}
 		uriPIN = PINFile(path)
 	case u.PINSource != "":
@@ -165,6 +243,40 @@ func (c Config) resolve() (Config, error) {
 		c.PIN = uriPIN
 	}
 	return c, nil
+}
+
+// fileURIPath is the path of a file URI (RFC 8089 §2): file:/p,
+// file:///p, or file://localhost/p. Another host is refused, not read as a
+// relative path, and so is a relative path (file:p).
+func fileURIPath(src string) (string, error) {
+	rest := strings.TrimPrefix(src, "file:")
+	if auth, ok := strings.CutPrefix(rest, "//"); ok {
+		host, path, _ := strings.Cut(auth, "/")
+		if host != "" && !strings.EqualFold(host, "localhost") {
+			return "", fmt.Errorf("%s names the host %q; only a local file (file:/path, file:///path) can hold the pin", src, host)
+		}
+		rest = "/" + path
+	}
+	switch {
+	case rest == "" || rest == "/":
+		return "", fmt.Errorf("%s names no file", src)
+	case !strings.HasPrefix(rest, "/"):
+		return "", fmt.Errorf("%s is not an absolute path (want file:/path)", src)
+	}
+	return rest, nil
+}
+
+// checkPIN refuses an empty PIN or one longer than MaxPINLen, before it
+// reaches C_Login (where it would cost a try).
+func checkPIN(pin []byte, what string) ([]byte, error) {
+	switch {
+	case len(pin) == 0:
+		return nil, fmt.Errorf("%w: %s is empty", ErrPINSource, what)
+	case len(pin) > MaxPINLen:
+		clear(pin)
+		return nil, fmt.Errorf("%w: %w: %s is longer than %d bytes", ErrPINSource, ErrSecretTooLong, what, MaxPINLen)
+	}
+	return pin, nil
 }
 
 // PINSource supplies a PIN. Implementations must never put the PIN in an
@@ -183,10 +295,7 @@ type pinValue struct{ b []byte }
 func PINValue(pin []byte) PINSource { return &pinValue{b: bytes.Clone(pin)} }
 
 func (p *pinValue) ReadPIN(context.Context, TokenInfo) ([]byte, error) {
-	if len(p.b) == 0 {
-		return nil, fmt.Errorf("%w: empty pin", ErrPINSource)
-	}
-	return bytes.Clone(p.b), nil
+	return checkPIN(bytes.Clone(p.b), "pin")
 }
 func (p *pinValue) String() string             { return "pin(value, redacted)" }
 func (p *pinValue) GoString() string           { return p.String() }
@@ -195,25 +304,36 @@ func (p *pinValue) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(p.String(
 type pinFile string
 
 // PINFile reads the PIN from a file: its first line, without the line end.
-// An unreadable or empty file is an error, never an empty PIN.
+// An unreadable or empty file, or one whose first line is blank, is an
+// error, never an empty PIN. The file must be a regular file or a pipe,
+// not accessible to group or others, and owned by the effective user or
+// root (a link is judged by the file it points to); it is read up to
+// 4 KiB, and a PIN longer than MaxPINLen is ErrSecretTooLong. Reading a
+// pipe ends when the context does.
 func PINFile(path string) PINSource { return pinFile(path) }
 
-func (p pinFile) ReadPIN(context.Context, TokenInfo) ([]byte, error) {
-	b, err := os.ReadFile(string(p))
+func (p pinFile) ReadPIN(ctx context.Context, _ TokenInfo) ([]byte, error) {
+	f, st, err := openSecretFile(string(p), true)
 	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err // the path is in our message already
-		}
+		return nil, fmt.Errorf("%w: pin file %s: %w", ErrPINSource, string(p), err)
+	}
+	defer f.Close()
+	b, err := readSecret(ctx, f, true)
+	if err != nil {
 		return nil, fmt.Errorf("%w: pin file %s: %w", ErrPINSource, string(p), err)
 	}
 	pin := firstLine(b)
 	clear(b[len(pin):])
 	if len(pin) == 0 {
-		clear(b)
+		switch {
+		case len(b) > 0:
+			return nil, fmt.Errorf("%w: pin file %s: the first line is blank (the pin must be on the first line)", ErrPINSource, string(p))
+		case !st.Mode().IsRegular():
+			return nil, fmt.Errorf("%w: pin file %s is a pipe that gave nothing (no writer, or it closed)", ErrPINSource, string(p))
+		}
 		return nil, fmt.Errorf("%w: pin file %s is empty", ErrPINSource, string(p))
 	}
-	return pin, nil
+	return checkPIN(pin, "the pin in pin file "+string(p))
 }
 func (p pinFile) String() string { return "pin(file " + string(p) + ")" }
 
@@ -235,7 +355,7 @@ func (p pinEnv) ReadPIN(context.Context, TokenInfo) ([]byte, error) {
 	if !ok || v == "" {
 		return nil, fmt.Errorf("%w: environment variable %s is not set", ErrPINSource, string(p))
 	}
-	return []byte(v), nil
+	return checkPIN([]byte(v), "environment variable "+string(p))
 }
 func (p pinEnv) String() string { return "pin(env " + string(p) + ")" }
 
@@ -251,9 +371,6 @@ func (f PINPrompt) ReadPIN(ctx context.Context, t TokenInfo) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPINSource, err)
 	}
-	if len(pin) == 0 {
-		return nil, fmt.Errorf("%w: empty pin", ErrPINSource)
-	}
-	return pin, nil
+	return checkPIN(pin, "the pin typed")
 }
 func (f PINPrompt) String() string { return "pin(prompt)" }

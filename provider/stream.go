@@ -10,11 +10,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/cms"
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
@@ -178,15 +181,20 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 // read from src (DER, BER or PEM), size bytes long. o.Context must equal the
 // encryption context the message was made with.
 //
-// No plaintext is written to dst unless the whole message authenticates:
-// a message up to 4 MiB is decrypted by the token's AES-GCM in one call;
-// a larger one is first checked (AES-CTR decryption and AES-GCM
-// re-encryption on the token, comparing the tag), then decrypted with AES-CTR
-// in a second pass. Memory use does not grow with the message. If the tag
-// fails, dst has received nothing. If the token fails during the second
-// pass (a device error, the token gone), dst may have received an
-// authenticated prefix of the plaintext and Decrypt returns the error:
-// write to a temporary file and keep it only on success, as hsmkeys does.
+// Decrypt returns nil only if every byte it wrote to dst is plaintext of
+// the authenticated message. A message up to 4 MiB is read once and
+// decrypted by the token's AES-GCM in one call: nothing reaches dst unless
+// it authenticates. A larger one is read twice: pass 1 checks the tag
+// (AES-CTR decryption and AES-GCM re-encryption on the token) and writes
+// nothing; pass 2 decrypts with AES-CTR to dst and, at the end, checks that
+// it read exactly the ciphertext pass 1 authenticated (a SHA-256 of the
+// content of each pass). So a message that does not authenticate gives dst
+// nothing, but if src changes between or during the passes (a file
+// rewritten meanwhile), dst may hold bytes that were never authenticated
+// and Decrypt returns ErrAuthentication; a token failure in pass 2 likewise
+// leaves a prefix in dst with the error. Whenever Decrypt returns an error,
+// discard what dst received: write to a temporary file and keep it only on
+// success, as hsmkeys does.
 func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, size int64, o Options) error {
 	if dst == nil || src == nil {
 		return fmt.Errorf("decrypt: %w: nil reader or writer", ErrInvalidInput)
@@ -198,12 +206,11 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 	var head [64]byte
 	n, _ := src.ReadAt(head[:], 0)
 	if cms.IsArmored(head[:n]) {
-		f, fsize, err := unarmorToTemp(io.NewSectionReader(src, 0, size))
+		f, fsize, done, err := unarmorToTemp(io.NewSectionReader(src, 0, size))
 		if err != nil {
 			return fmt.Errorf("decrypt: %w", err)
 		}
-		defer os.Remove(f.Name())
-		defer f.Close()
+		defer done()
 		src, size = f, fsize
 	}
 	m, err := cms.Parse(src, size)
@@ -217,19 +224,25 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 }
 
 // unarmorToTemp decodes PEM into a temporary file (ciphertext only), so
-// that the message can be read at random offsets.
-func unarmorToTemp(r io.Reader) (*os.File, int64, error) {
-	f, err := os.CreateTemp("", "hsmkeys-der-*")
+// that the message can be read at random offsets. The file is removed as
+// soon as it is made: it has no name while it is used, nothing is left if
+// the process dies, and no other process can open it by name to change
+// it. done closes it.
+func unarmorToTemp(r io.Reader) (f *os.File, n int64, done func(), err error) {
+	f, err = os.CreateTemp("", "hsmkeys-der-*")
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	n, err := io.Copy(f, cms.NewUnarmorReader(r))
+	done = func() { f.Close() }
+	if os.Remove(f.Name()) != nil { // where an open file cannot be removed (Windows): after Close
+		done = func() { f.Close(); os.Remove(f.Name()) }
+	}
+	n, err = io.Copy(f, cms.NewUnarmorReader(r))
 	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, 0, mapCMS(err)
+		done()
+		return nil, 0, nil, mapCMS(err)
 	}
-	return f, n, nil
+	return f, n, done, nil
 }
 
 func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) error {
@@ -294,9 +307,20 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 // AAD turns back into the ciphertext and, at the end, the tag. The
 // plaintext is discarded. Pass 2, only if the tags match: AES-CTR again,
 // to dst. Every AES operation runs on the token under the session key; Go
-// sees plaintext only in 64 KiB pieces and never the key or the GHASH key.
+// sees plaintext only in chunk-sized pieces and never the key or the GHASH
+// key.
+//
+// src is read twice and may change in between (a file rewritten, an
+// io.ReaderAt that answers differently): each pass hashes the content it
+// read, and pass 2 fails unless it decrypted exactly what pass 1
+// authenticated. SHA-256 rather than a second GCM pass on the token, and
+// on a goroutine of its own beside the token calls: BenchmarkDecryptStream
+// (64 MiB, six interleaved rounds on a loaded 2-core machine) gave medians
+// of 215 MB/s without any check, 122 MB/s hashing inline, 211 MB/s hashing
+// beside; a second GCM pass measured 220 MB/s against 606 unchecked.
 func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {
 	h := m.Header
+	var checked [sha256.Size]byte
 	err := k.usePair(ctx, "tag check", func(s1, s2 *p11.Session) error {
 		ctr, err := p.pool.CTR(s1, k.obj, h.Nonce)
 		if err != nil {
@@ -308,7 +332,10 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 			return err
 		}
 		defer gcm.Abort()
+		sum := newChunkHasher(p.chunkSize())
+		defer sum.stop()
 		err = eachChunk(ctx, m.Content(), p.chunkSize(), func(c []byte) error {
+			sum.add(c)
 			pt, err := ctr.Update(c)
 			if err != nil {
 				return err
@@ -336,6 +363,7 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 		if len(last) < p11.TagSize || subtle.ConstantTimeCompare(last[len(last)-p11.TagSize:], m.MAC) != 1 {
 			return fmt.Errorf("%w: gcm tag mismatch", ErrAuthentication)
 		}
+		sum.sum(checked[:0])
 		return nil
 	})
 	if err != nil {
@@ -347,7 +375,10 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 			return err
 		}
 		defer ctr.Abort()
+		sum := newChunkHasher(p.chunkSize())
+		defer sum.stop()
 		err = eachChunk(ctx, m.Content(), p.chunkSize(), func(c []byte) error {
+			sum.add(c)
 			pt, err := ctr.Update(c)
 			if err != nil {
 				return err
@@ -363,8 +394,65 @@ func (p *Provider) decryptStreaming(ctx context.Context, dst io.Writer, k *Key, 
 		if err == nil && len(rest) > 0 {
 			_, err = dst.Write(rest)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		var read [sha256.Size]byte
+		if subtle.ConstantTimeCompare(sum.sum(read[:0]), checked[:]) != 1 {
+			return fmt.Errorf("%w: the input changed while it was decrypted; the output holds unauthenticated bytes and must be discarded", ErrAuthentication)
+		}
+		return nil
 	})
+}
+
+// chunkHasher is SHA-256 over a stream of chunks, computed on a goroutine
+// of its own so that it runs beside the token calls rather than between
+// them. It copies each chunk (ciphertext: nothing secret) into one of a few
+// buffers of its own.
+type chunkHasher struct {
+	work chan []byte
+	free chan []byte
+	done chan struct{}
+	once sync.Once
+	h    hash.Hash
+}
+
+func newChunkHasher(size int) *chunkHasher {
+	const buffers = 3
+	c := &chunkHasher{work: make(chan []byte, buffers), free: make(chan []byte, buffers), done: make(chan struct{}), h: sha256.New()}
+	for range buffers {
+		c.free <- make([]byte, size)
+	}
+	go func() {
+		defer close(c.done)
+		for b := range c.work {
+			c.h.Write(b)
+			c.free <- b[:cap(b)]
+		}
+	}()
+	return c
+}
+
+// add hashes p, which the caller may reuse at once.
+func (c *chunkHasher) add(p []byte) {
+	for len(p) > 0 {
+		b := <-c.free
+		n := copy(b, p)
+		c.work <- b[:n]
+		p = p[n:]
+	}
+}
+
+// sum waits for the chunks added and appends the digest to dst.
+func (c *chunkHasher) sum(dst []byte) []byte {
+	c.stop()
+	return c.h.Sum(dst)
+}
+
+// stop ends the goroutine; safe to call more than once.
+func (c *chunkHasher) stop() {
+	c.once.Do(func() { close(c.work) })
+	<-c.done
 }
 
 // eachChunk reads r in pieces of size.

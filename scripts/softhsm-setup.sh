@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # softhsm-setup.sh: a SoftHSM 2 token for hsmkeys, in one command.
 #
-#   scripts/softhsm-setup.sh [--dir DIR] [--label LABEL] [--reset] [--quiet]
+#   scripts/softhsm-setup.sh [--dir DIR] [--pin-dir PINDIR] [--label LABEL] [--reset] [--quiet]
 #
 # Makes DIR (default: .softhsm/ in the repository, git-ignored) holding its
-# own softhsm2.conf, a token directory, random user and SO PINs in mode-0600
-# files, and DIR/env, a file to source that sets SOFTHSM2_CONF,
-# HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_PIN_FILE and HSMKEYS_SO_PIN_FILE.
-# Idempotent: a second run changes nothing. --reset deletes DIR first.
+# own softhsm2.conf, a token directory and DIR/env, a file to source that
+# sets SOFTHSM2_CONF, HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_PIN_FILE and
+# HSMKEYS_SO_PIN_FILE. The random user and SO PINs go to mode-0600 files in
+# PINDIR, apart from DIR (default: ~/.config/hsmkeys/softhsm-pins/ID, ID
+# derived from DIR), so that a copy or backup of DIR holds no PIN.
+# Idempotent: a second run changes nothing. --reset deletes DIR and its PINs.
 # Installs softhsm2 with apt-get when it is missing and we are root.
 # No PIN ever appears on a command line: the token is initialised by
 # `hsmkeys init-token`, which reads the PIN files.
@@ -15,6 +17,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir="$root/.softhsm"
+pindir=""
 label="hsmkeys"
 reset=0
 quiet=0
@@ -22,11 +25,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --dir=*) dir="${1#--dir=}"; shift ;;
+    --pin-dir) pindir="$2"; shift 2 ;;
+    --pin-dir=*) pindir="${1#--pin-dir=}"; shift ;;
     --label) label="$2"; shift 2 ;;
     --label=*) label="${1#--label=}"; shift ;;
     --reset) reset=1; shift ;;
     --quiet|-q) quiet=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "softhsm-setup: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -55,14 +60,28 @@ if [ -z "$module" ] || ! command -v softhsm2-util >/dev/null 2>&1; then
 fi
 command -v go >/dev/null 2>&1 || { echo "softhsm-setup: go is not on PATH" >&2; exit 1; }
 
-if [ "$reset" = 1 ] && [ -d "$dir" ]; then
-  say "removing $dir"
-  rm -rf "$dir"
+# The PINs live apart from the token directory: a copy of DIR (a backup, a
+# tarball sent with a bug report) must not carry the SO and user PINs with
+# the token they open. Derived from DIR's absolute path, so that two
+# setups never share PINs.
+absdir=$(mkdir -p "$(dirname "$dir")" && cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
+if [ -z "$pindir" ]; then
+  confhome="${XDG_CONFIG_HOME:-${HOME:?set HOME or pass --pin-dir}/.config}"
+  pindir="$confhome/hsmkeys/softhsm-pins/$(printf '%s' "$absdir" | sha256sum | cut -c1-16)"
+fi
+case "$(cd "$(dirname "$pindir")" 2>/dev/null && pwd)/$(basename "$pindir")/" in
+  "$absdir"/*) echo "softhsm-setup: --pin-dir must not be inside $absdir" >&2; exit 2 ;;
+esac
+
+if [ "$reset" = 1 ]; then
+  if [ -d "$dir" ]; then say "removing $dir"; rm -rf "$dir"; fi
+  rm -f "$pindir/user.pin" "$pindir/so.pin"
 fi
 umask 077
-mkdir -p "$dir/tokens" "$dir/bin"
+mkdir -p "$dir/tokens" "$dir/bin" "$pindir"
 dir=$(cd "$dir" && pwd)
-chmod 700 "$dir" "$dir/tokens"
+pindir=$(cd "$pindir" && pwd)
+chmod 700 "$dir" "$dir/tokens" "$pindir"
 
 conf="$dir/softhsm2.conf"
 if [ ! -f "$conf" ]; then
@@ -77,10 +96,17 @@ fi
 
 newpin() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 for f in user.pin so.pin; do
-  if [ ! -s "$dir/$f" ]; then
-    newpin > "$dir/$f.tmp" && mv "$dir/$f.tmp" "$dir/$f"
+  # An earlier version kept the PINs in DIR: move them out, the token
+  # there was made with them.
+  if [ -s "$dir/$f" ] && [ ! -s "$pindir/$f" ]; then
+    say "moving $f out of $dir to $pindir"
+    mv "$dir/$f" "$pindir/$f"
   fi
-  chmod 600 "$dir/$f"
+  rm -f "$dir/$f"
+  if [ ! -s "$pindir/$f" ]; then
+    newpin > "$pindir/$f.tmp" && mv "$pindir/$f.tmp" "$pindir/$f"
+  fi
+  chmod 600 "$pindir/$f"
 done
 
 export SOFTHSM2_CONF="$conf"
@@ -94,7 +120,7 @@ else
   (cd "$root" && go build -o "$dir/bin/hsmkeys" ./cmd/hsmkeys)
   say "initialising token \"$label\""
   "$dir/bin/hsmkeys" --module "$module" init-token --label "$label" \
-    --so-pin-file "$dir/so.pin" --pin-file "$dir/user.pin" >&2
+    --so-pin-file "$pindir/so.pin" --pin-file "$pindir/user.pin" >&2
 fi
 
 envfile="$dir/env"
@@ -102,8 +128,8 @@ cat > "$envfile.tmp" <<ENV
 export SOFTHSM2_CONF='$conf'
 export HSMKEYS_MODULE='$module'
 export HSMKEYS_TOKEN='$label'
-export HSMKEYS_PIN_FILE='$dir/user.pin'
-export HSMKEYS_SO_PIN_FILE='$dir/so.pin'
+export HSMKEYS_PIN_FILE='$pindir/user.pin'
+export HSMKEYS_SO_PIN_FILE='$pindir/so.pin'
 ENV
 if ! cmp -s "$envfile.tmp" "$envfile" 2>/dev/null; then
   mv "$envfile.tmp" "$envfile"

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
@@ -194,6 +196,31 @@ func initPIN(flagFile, env, envFile string) provider.PINSource {
 		return provider.PINFile(os.Getenv(envFile))
 	}
 	return nil
+}
+
+// maxPEMFile bounds a PEM input (a public key or a certificate chain): a
+// few KiB each, so 1 MiB is generous and /dev/zero ends promptly.
+const maxPEMFile = 1 << 20
+
+// errTooLarge: an input is larger than any valid one.
+var errTooLarge = errors.New("larger than")
+
+// readCapped reads a whole file of at most limit bytes; more is an error,
+// found after reading limit+1 bytes, not after the end of an endless file.
+func readCapped(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is %w %d bytes", path, errTooLarge, limit)
+	}
+	return data, nil
 }
 
 // openProvider opens the token for session keys. Commands that administer

@@ -33,11 +33,15 @@ var decryptSpec = spec{
 	usage: "decrypt [--context k=v...] [-i IN] [-o OUT | FILE.cms... [-j N]]",
 	about: `Decrypts a message made by 'hsmkeys encrypt' (or by openssl cms for a
 recipient whose KEK is on this token), DER or PEM, from IN (default stdin)
-to OUT (default stdout). Nothing is written unless the whole message
-authenticates; OUT is written atomically, mode 0600, and an existing OUT is
-left untouched when decryption fails. The --context pairs must be those the
-message was made with. With FILE.cms operands instead of -i/-o, each is
-decrypted to FILE, up to N files at once.`,
+to OUT (default stdout). OUT is written atomically, mode 0600, only once
+the whole message authenticates; an existing OUT is left untouched when
+decryption fails, and a link as OUT is refused. A message over 4 MiB is
+read twice; if IN changes in between, decrypt fails (stdout may then have
+received unauthenticated bytes: discard them on exit status 1). From a
+pipe, IN is first copied to an unnamed file in $TMPDIR, as large as the
+message. The --context pairs must be those the message was made with.
+With FILE.cms operands instead of -i/-o, each is decrypted to FILE, up to
+N files at once.`,
 	examples: `hsmkeys decrypt -i db.dump.cms -o db.dump
 hsmkeys decrypt --context host=db1 < data.tar.pem | tar x
 hsmkeys decrypt logs/*.log.cms                   # logs/a.log, ...
@@ -297,12 +301,21 @@ func (c *cli) openInput(ctx context.Context, path string) (io.Reader, int64, fun
 }
 
 // openInputAt opens the input of decrypt, which reads the message at
-// random offsets: a regular file as it is; stdin, a pipe or a device
-// spooled to a temporary file first (ciphertext only), removed afterwards.
+// random offsets: a regular file as it is (stdin too, from its current
+// offset); a pipe, a FIFO or a device is copied first (ciphertext only) to
+// a file with no name in $TMPDIR, which needs as much free space as the
+// message and which the kernel frees when hsmkeys exits, even by SIGKILL.
 func (c *cli) openInputAt(ctx context.Context, path string) (io.ReaderAt, int64, func(), error) {
 	var src io.Reader
 	closeSrc := func() {}
 	if path == "" || path == "-" {
+		if f, ok := c.stdin.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+				if off, err := f.Seek(0, io.SeekCurrent); err == nil && off <= st.Size() {
+					return io.NewSectionReader(f, off, st.Size()-off), st.Size() - off, func() {}, nil
+				}
+			}
+		}
 		src = c.stdin
 	} else {
 		f, err := os.Open(path)
@@ -320,20 +333,33 @@ func (c *cli) openInputAt(ctx context.Context, path string) (io.ReaderAt, int64,
 		src, closeSrc = f, func() { f.Close() }
 	}
 	defer closeSrc()
-	spool, err := os.CreateTemp("", "hsmkeys-in-*")
+	spool, err := openSpool()
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, nil, fmt.Errorf("a file to copy the input to, in %s: %w", os.TempDir(), err)
 	}
-	cleanup := func() {
-		spool.Close()
-		os.Remove(spool.Name())
-	}
-	n, err := io.Copy(spool, newCtxReader(ctx, src))
+	cleanup := func() { spool.Close() }
+	prog := c.newProgress()
+	n, err := io.Copy(spool, &countingReader{r: newCtxReader(ctx, src), verb: "input copied to an unnamed file in " + os.TempDir() + ":", p: prog})
+	prog.clear()
 	if err != nil {
 		cleanup()
 		return nil, 0, nil, fmt.Errorf("reading the input: %w", err)
 	}
 	return spool, n, cleanup, nil
+}
+
+// openSpool is a temporary file with no name in $TMPDIR: O_TMPFILE where
+// the file system has it, else a file removed as soon as it is made.
+func openSpool() (*os.File, error) {
+	if f, err := openUnnamed(os.TempDir(), 0o600); err == nil {
+		return f, nil
+	}
+	f, err := os.CreateTemp("", "hsmkeys-in-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
 
 // countingWriter counts what the provider wrote.

@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider"
@@ -149,7 +148,7 @@ func (c *cli) adminKEK(ctx context.Context, verb string, fn func(*provider.Admin
 
 // readRSAPublicKey reads the first PEM block of a kind we take.
 func readRSAPublicKey(path string) (*rsa.PublicKey, error) {
-	data, err := os.ReadFile(path)
+	data, err := readCapped(path, maxPEMFile)
 	if err != nil {
 		return nil, err
 	}

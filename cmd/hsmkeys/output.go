@@ -23,6 +23,9 @@ type output struct {
 	unnamed bool     // f has no name yet (O_TMPFILE): nothing to remove
 	target  string
 	done    bool
+	// check, if set, runs once the file is complete and on disk, right
+	// before the rename; an error leaves the target as it was.
+	check func() error
 }
 
 // createOutput opens the output for path ("" or "-": stdout). A new file
@@ -36,20 +39,25 @@ func (c *cli) createOutput(path string, mode fs.FileMode) (*output, error) {
 
 // createFile opens a temporary file beside path that commit renames to it.
 func createFile(path string, mode fs.FileMode) (*output, error) {
-	target, err := resolveTarget(path)
+	target, err := checkTarget(path)
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Dir(target)
 	// A file with no name first: a process killed mid-way (SIGKILL
-	// included) leaves nothing behind. Where the file system cannot, a
-	// named temporary file that abort removes.
+	// included) leaves nothing behind. Where the file system cannot, or
+	// where it could not be given a name at the end (no /proc and no
+	// CAP_DAC_READ_SEARCH for AT_EMPTY_PATH), a named temporary file,
+	// made with O_EXCL, that abort removes.
 	if f, err := openUnnamed(dir, mode); err == nil {
-		if err := f.Chmod(mode); err != nil { // the umask may have cut it
+		if !canLinkUnnamed(f) {
+			f.Close()
+		} else if err := f.Chmod(mode); err != nil { // the umask may have cut it
 			f.Close()
 			return nil, fmt.Errorf("output %s: %w", path, err)
+		} else {
+			return &output{Writer: f, f: f, unnamed: true, target: target}, nil
 		}
-		return &output{Writer: f, f: f, unnamed: true, target: target}, nil
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(target)+".hsmkeys-*.tmp")
 	if err != nil {
@@ -67,9 +75,17 @@ func createFile(path string, mode fs.FileMode) (*output, error) {
 	return &output{Writer: f, f: f, target: target}, nil
 }
 
-// resolveTarget follows a symbolic link, so that the file it points to is
-// replaced rather than the link, and refuses a directory.
-func resolveTarget(path string) (string, error) {
+// errOutputSymlink: the output path is a symbolic link.
+var errOutputSymlink = errors.New("is a symbolic link; hsmkeys does not write through links")
+
+// checkTarget refuses an output path that is a directory, not a regular
+// file, or a symbolic link. A link is refused rather than followed: in a
+// shared directory (/tmp, a drop box) another user can plant one that
+// points at a file of ours, and following it would replace that file.
+// Replacing the link itself would silently turn it into a file. The rename
+// in commit never follows a link, so one planted after this check is
+// replaced, not followed.
+func checkTarget(path string) (string, error) {
 	st, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -77,14 +93,8 @@ func resolveTarget(path string) (string, error) {
 	case err != nil:
 		return "", err
 	case st.Mode()&fs.ModeSymlink != 0:
-		real, err := filepath.EvalSymlinks(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("output %s: a symbolic link to a missing file", path)
-		}
-		if err != nil {
-			return "", err
-		}
-		return resolveTarget(real)
+		return "", withHint(fmt.Errorf("output %s %w", path, errOutputSymlink),
+			"name the file the link points to, or remove the link")
 	case st.IsDir():
 		return "", fmt.Errorf("output %s is a directory", path)
 	case !st.Mode().IsRegular():
@@ -112,12 +122,18 @@ func (o *output) commit() error {
 	if cerr := o.f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil && o.check != nil {
+		err = o.check()
+	}
 	if err == nil {
 		err = os.Rename(name, o.target)
 	}
 	if err != nil {
 		if name != "" {
 			os.Remove(name)
+		}
+		if errors.Is(err, errChanged) {
+			return err
 		}
 		return fmt.Errorf("output %s: %w", o.target, err)
 	}

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"github.com/hsmkeys/hsmkeys/provider"
 )
@@ -162,20 +166,13 @@ feed:
 }
 
 // rewrapFile replaces one exported key by its rewrapped self, atomically,
-// keeping the file's permissions.
+// keeping the file's permissions, and only if the file is still what was
+// read (see replaceUnchanged).
 func rewrapFile(ctx context.Context, p *provider.Provider, job rewrapJob, path string) error {
-	target, err := resolveTarget(path)
-	if err != nil {
+	if _, err := checkTarget(path); err != nil {
 		return err
 	}
-	st, err := os.Stat(target)
-	if err != nil {
-		return err
-	}
-	if st.Size() > provider.MaxBlobSize {
-		return fmt.Errorf("%d bytes is larger than an exported key can be", st.Size())
-	}
-	blob, err := os.ReadFile(target)
+	blob, st, err := readKeyFile(path)
 	if err != nil {
 		return err
 	}
@@ -188,13 +185,61 @@ func rewrapFile(ctx context.Context, p *provider.Provider, job rewrapJob, path s
 			out = b.Bytes
 		}
 	}
-	o, err := createFile(target, st.Mode().Perm())
+	return replaceUnchanged(path, st, blob, out)
+}
+
+// readKeyFile reads an exported key file, not through a link, and says
+// what file it was.
+func readKeyFile(path string) ([]byte, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > provider.MaxBlobSize {
+		return nil, nil, fmt.Errorf("%d bytes is larger than an exported key can be", st.Size())
+	}
+	blob, err := io.ReadAll(io.LimitReader(f, provider.MaxBlobSize+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(blob) > provider.MaxBlobSize {
+		return nil, nil, fmt.Errorf("%s grew past %d bytes while it was read", path, provider.MaxBlobSize)
+	}
+	return blob, st, nil
+}
+
+// errChanged: a file changed between being read and being replaced.
+var errChanged = errors.New("changed since it was read, so it was not replaced")
+
+// replaceUnchanged replaces path by a file of content out, mode of st,
+// unless path is no longer the file st describes with content read: the
+// same file (device and inode), size and modification time, and the same
+// bytes, checked once the new file is on disk, right before the rename.
+// What another process wrote there meanwhile (a newer key) is kept, and the
+// rewrap is refused. The window left is the rename itself.
+func replaceUnchanged(path string, st fs.FileInfo, read, out []byte) error {
+	o, err := createFile(path, st.Mode().Perm())
 	if err != nil {
 		return err
 	}
 	defer o.abort()
 	if _, err := o.Write(out); err != nil {
 		return err
+	}
+	o.check = func() error {
+		now, cur, err := readKeyFile(path)
+		if err != nil || !os.SameFile(st, cur) || cur.Size() != st.Size() || !cur.ModTime().Equal(st.ModTime()) || !bytes.Equal(now, read) {
+			return withHint(fmt.Errorf("%s %w", path, errChanged), "another program wrote it while it was rewrapped; check it and run key rewrap again")
+		}
+		return nil
 	}
 	return o.commit()
 }

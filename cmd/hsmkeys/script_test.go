@@ -19,7 +19,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 	"github.com/rogpeppe/go-internal/testscript"
@@ -71,9 +73,14 @@ func TestScripts(t *testing.T) {
 		Setup:               func(env *testscript.Env) error { return setupToken(env, module) },
 		Condition:           condition,
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"flip":   cmdFlip,
-			"perm":   cmdPerm,
-			"notemp": cmdNoTemp,
+			"flip":        cmdFlip,
+			"perm":        cmdPerm,
+			"notemp":      cmdNoTemp,
+			"lnother":     cmdLinkOther,
+			"chownother":  cmdChownOther,
+			"bigfile":     cmdBigFile,
+			"changeunder": cmdChangeUnder,
+			"pinfifo":     cmdPINFIFO,
 		},
 	})
 }
@@ -126,6 +133,11 @@ func setupToken(env *testscript.Env, module string) error {
 func condition(cond string) (bool, error) {
 	var need []string
 	switch cond {
+	case "root":
+		return os.Geteuid() == 0, nil
+	case "unshare":
+		// A mount namespace of our own, to run without /proc.
+		return exec.Command("unshare", "-m", "true").Run() == nil, nil
 	case "openssl":
 		need = []string{"openssl"}
 	case "nss":
@@ -200,6 +212,127 @@ func cmdNoTemp(ts *testscript.TestScript, neg bool, args []string) {
 				ts.Fatalf("temporary file left behind: %s", filepath.Join(d, e.Name()))
 			}
 		}
+	}
+}
+
+// otherUID is the uid of "another user" in the scripts.
+const otherUID = 54321
+
+// lnother LINK TARGET: a symbolic link owned by another user (otherUID),
+// as one planted in a shared directory would be. Needs root.
+func cmdLinkOther(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: lnother LINK TARGET")
+	}
+	link := ts.MkAbs(args[0])
+	ts.Check(os.Symlink(args[1], link))
+	ts.Check(os.Lchown(link, otherUID, otherUID))
+}
+
+// chownother FILE: FILE now belongs to another user (otherUID).
+func cmdChownOther(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: chownother FILE")
+	}
+	ts.Check(os.Chown(ts.MkAbs(args[0]), otherUID, otherUID))
+}
+
+// bigfile FILE SIZE: FILE holds SIZE bytes of a repeating text.
+func cmdBigFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: bigfile FILE SIZE")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), bytes.Repeat([]byte("0123456789abcdef"), n/16+1)[:n], 0o600))
+}
+
+// changeunder FILE.cms: runs `hsmkeys decrypt -i FILE.cms` with stdout a
+// pipe that the test reads one byte of, then leaves full; the first byte
+// means the first pass (the tag check) is over and the second is under way
+// and now blocked on the pipe, far from the end of the file. The test then
+// changes a byte three quarters into FILE.cms (in the content of a message
+// of some MiB), as another process rewriting the file would, drains stdout
+// and wants exit status 1 with the error for an input that changed.
+func cmdChangeUnder(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: changeunder FILE.cms")
+	}
+	path := ts.MkAbs(args[0])
+	cmd := exec.Command("hsmkeys", "decrypt", "-i", path)
+	cmd.Dir = ts.MkAbs(".")
+	for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
+		"HSMKEYS_PIN_FILE", "HSMKEYS_TEST_SECRETS", "GORACE"} {
+		cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+	}
+	out, err := cmd.StdoutPipe()
+	ts.Check(err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	ts.Check(cmd.Start())
+	var one [1]byte
+	if _, err := io.ReadFull(out, one[:]); err != nil {
+		_ = cmd.Wait()
+		ts.Fatalf("no output from the second pass: %v\n%s", err, stderr.String())
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	ts.Check(err)
+	st, err := f.Stat()
+	ts.Check(err)
+	off := st.Size() * 3 / 4
+	var b [1]byte
+	_, err = f.ReadAt(b[:], off)
+	ts.Check(err)
+	b[0] ^= 0x01
+	_, err = f.WriteAt(b[:], off)
+	ts.Check(err)
+	ts.Check(f.Close())
+	_, _ = io.Copy(io.Discard, out)
+	err = cmd.Wait()
+	ts.Logf("%s", stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		ts.Fatalf("hsmkeys decrypt of a file changed under it: %v, want exit status 1", err)
+	}
+	if !strings.Contains(stderr.String(), "the input changed while it was decrypted") {
+		ts.Fatalf("stderr does not say the input changed")
+	}
+}
+
+// pinfifo: `hsmkeys selftest` with a FIFO as PIN file whose writer (this
+// test) never writes; once hsmkeys has opened the FIFO (the test's open for
+// writing returns only then, so the read is under way) it gets SIGINT, and
+// must end, exit status 1, saying it was interrupted.
+func cmdPINFIFO(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: pinfifo")
+	}
+	fifo := ts.MkAbs("pin.fifo")
+	ts.Check(syscall.Mkfifo(fifo, 0o600))
+	cmd := exec.Command("hsmkeys", "--pin-file", fifo, "selftest")
+	for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
+		"HSMKEYS_TEST_SECRETS", "GORACE"} {
+		cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	ts.Check(cmd.Start())
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0) // returns once hsmkeys opened it
+	ts.Check(err)
+	defer w.Close()
+	ts.Check(cmd.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute): // a guard against a hang, not a race
+		_ = cmd.Process.Kill()
+		ts.Fatalf("hsmkeys still waits for the pin fifo after an interrupt")
+	}
+	ts.Logf("%s", stderr.String())
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
+		ts.Fatalf("hsmkeys after an interrupt while reading the pin: %v, want exit status 1 and \"interrupted\"", err)
 	}
 }
 

@@ -120,15 +120,24 @@ func setupToken(env *testscript.Env, module string) error {
 	return nil
 }
 
-// condition answers [openssl]: false skips a script, except under CI,
-// where a missing openssl fails it.
+// condition answers [openssl]: the openssl on PATH runs (`openssl
+// version`). False skips a script, except under CI, where a missing or
+// broken openssl fails it. The scripts write no authAttrs, so any OpenSSL 3
+// reads them (internal/testopenssl has the list the interop tests use).
 func condition(cond string) (bool, error) {
 	if cond != "openssl" {
 		return false, fmt.Errorf("unknown condition %q", cond)
 	}
-	if _, err := exec.LookPath("openssl"); err != nil {
+	path, err := exec.LookPath("openssl")
+	if err == nil {
+		var out []byte
+		if out, err = exec.Command(path, "version").CombinedOutput(); err != nil {
+			err = fmt.Errorf("%s version: %w: %s", path, err, out)
+		}
+	}
+	if err != nil {
 		if os.Getenv("CI") != "" {
-			return false, errors.New("CI is set and openssl is missing")
+			return false, fmt.Errorf("CI is set and openssl is missing or broken: %w", err)
 		}
 		return false, nil
 	}

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,14 +185,12 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 	require.NoError(t, p.Encrypt(bg, &msg, bytes.NewReader([]byte("hi")), 2, []*KEK{fk.aes256}, Options{}))
 	_, err = p.Import(bg, msg.Bytes(), Options{})
 	require.ErrorIs(t, err, ErrUnsupported)
-	// A key is an id-data message (so that any OpenSSL 3 opens it):
-	// Decrypt, like openssl cms -decrypt, gives its manifest.
-	var man bytes.Buffer
-	require.NoError(t, p.Decrypt(bg, &man, bytes.NewReader(blob), int64(len(blob)), Options{}))
-	mf, err := cms.ParseManifest(man.Bytes())
-	require.NoError(t, err)
-	kid := k.ID()
-	assert.Equal(t, kid[:], mf.KeyID)
+	// Nor is a key a message, though it is id-data (so that any OpenSSL 3
+	// opens it): Decrypt finds the manifest once the content authenticates,
+	// and writes nothing.
+	var man countingWriter
+	require.ErrorIs(t, p.Decrypt(bg, &man, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrUnsupported)
+	assert.Zero(t, man.n)
 
 	for name, in := range map[string][]byte{
 		"empty":    nil,
@@ -541,4 +540,92 @@ func TestChunkSizes(t *testing.T) {
 		_, err := Open(bg, Config{Module: tok.module, TokenLabel: tok.label, PIN: PINValue([]byte(tok.userPIN)), ChunkSize: bad})
 		require.ErrorIs(t, err, ErrConfig, "chunk size %d", bad)
 	}
+}
+
+// TestOpenSSLTable measures, for every openssl that internal/testopenssl
+// lists, what it opens of ours and whether we open its output, and prints
+// the table docs/format.md shows. It runs only when HSMKEYS_OPENSSL_TABLE
+// is set (scripts/openssl-table.sh sets it, with every Debian build apt
+// offers), and checks what the format promises: everything without
+// authAttrs opens in every OpenSSL 3, the rest exactly where the probe
+// found the fix.
+func TestOpenSSLTable(t *testing.T) {
+	if os.Getenv("HSMKEYS_OPENSSL_TABLE") == "" {
+		t.Skip("set HSMKEYS_OPENSSL_TABLE (scripts/openssl-table.sh) to measure the table")
+	}
+	all := testopenssl.All(t)
+	dir := t.TempDir()
+	a := openAdmin(t)
+	kekValue := make([]byte, 32)
+	_, _ = rand.Read(kekValue)
+	kekFile := filepath.Join(dir, "kek")
+	require.NoError(t, os.WriteFile(kekFile, kekValue, 0o600))
+	aesKEK, err := a.ImportKEK(bg, uniqueName(t, "table"), kekFile)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.DestroyKEK(bg, aesKEK.ID) })
+	p := openProvider(t)
+	aesKEK = mustKEK(t, p, aesKEK)
+	how := []string{"-secretkey", hex.EncodeToString(kekValue), "-secretkeyid", hex.EncodeToString(aesKEK.ID)}
+	ectx := map[string]string{"tenant": "a"}
+
+	k, err := p.Generate(bg, AES256)
+	require.NoError(t, err)
+	var msg, msgCtx bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &msg, bytes.NewReader([]byte("table")), 5, []*KEK{aesKEK}, Options{}))
+	require.NoError(t, p.Encrypt(bg, &msgCtx, bytes.NewReader([]byte("table")), 5, []*KEK{aesKEK}, Options{Context: ectx}))
+	keyBlob, err := p.Export(bg, k, []*KEK{aesKEK}, Options{})
+	require.NoError(t, err)
+	keyCtx, err := p.Export(bg, k, []*KEK{aesKEK}, Options{Context: ectx})
+	require.NoError(t, err)
+	cases := []struct {
+		name      string
+		blob      []byte
+		authAttrs bool
+	}{
+		{"exported key", keyBlob, false},
+		{"exported key with context", keyCtx, true},
+		{"message", msg.Bytes(), false},
+		{"message with context", msgCtx.Bytes(), true},
+		{"exported key, before version 2", legacyExport(t, p, k, []*KEK{aesKEK}, nil), true},
+	}
+	var tab strings.Builder
+	tab.WriteString("| OpenSSL |")
+	for _, c := range cases {
+		tab.WriteString(" " + c.name + " |")
+	}
+	tab.WriteString(" openssl → hsmkeys |\n|---|")
+	for range cases {
+		tab.WriteString("---|")
+	}
+	tab.WriteString("---|\n")
+	for _, o := range all {
+		fmt.Fprintf(&tab, "| %s |", o.Name())
+		for _, c := range cases {
+			in := filepath.Join(dir, "in.der")
+			require.NoError(t, os.WriteFile(in, c.blob, 0o600))
+			_, err := o.Run(append([]string{"cms", "-decrypt", "-binary", "-inform", "DER", "-in", in, "-out", filepath.Join(dir, "out")}, how...)...)
+			if err == nil {
+				tab.WriteString(" opens |")
+			} else {
+				tab.WriteString(" fails |")
+			}
+			assert.Equal(t, !c.authAttrs || o.AuthAttrs, err == nil, "%s: %s: %v", o.Version, c.name, err)
+		}
+		plain := filepath.Join(dir, "plain")
+		require.NoError(t, os.WriteFile(plain, []byte("from openssl"), 0o600))
+		theirs := filepath.Join(dir, "theirs")
+		_, err := o.Run(append([]string{"cms", "-encrypt", "-aes-256-gcm", "-binary", "-outform", "DER", "-in", plain, "-out", theirs}, how...)...)
+		require.NoError(t, err)
+		b, err := os.ReadFile(theirs)
+		require.NoError(t, err)
+		var got bytes.Buffer
+		if err := p.Decrypt(bg, &got, bytes.NewReader(b), int64(len(b)), Options{}); err == nil && got.String() == "from openssl" {
+			tab.WriteString(" opens |\n")
+		} else {
+			tab.WriteString(" fails |\n")
+			t.Errorf("%s: our Decrypt of its message: %v", o.Version, err)
+		}
+	}
+	t.Logf("measured with %s:\n%s", os.Getenv(testopenssl.Env), tab.String())
+	fmt.Print(tab.String())
 }

@@ -3,7 +3,7 @@
 # the interop tests, without installing them.
 #
 #   scripts/openssl-versions.sh VERSION...   fetch each, print its wrapper's path
-#   scripts/openssl-versions.sh --all        every version apt offers (madison)
+#   scripts/openssl-versions.sh --all        every version apt offers (madison), oldest first
 #   scripts/openssl-versions.sh --fixed      print one openssl that reads authAttrs:
 #                                            the system's if it does, else the
 #                                            newest version apt offers
@@ -111,7 +111,7 @@ case "${1:-}" in
   [ $# = 1 ] || { say "usage: $0 --all"; exit 2; }
   vs="$(versions)"
   [ -n "$vs" ] || { [ "$(id -u)" = 0 ] && apt-get update -qq >&2; vs="$(versions)"; }
-  for v in $vs; do fetch "$v"; done
+  for v in $(echo "$vs" | sort -V); do fetch "$v"; done # oldest first
   ;;
 --fixed)
   [ $# = 1 ] || { say "usage: $0 --fixed"; exit 2; }

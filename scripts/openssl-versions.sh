@@ -29,7 +29,7 @@
 # needs the attributes parsed and fed to GCM as AAD.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache="${HSMKEYS_OPENSSL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hsmkeys/openssl}"
+cache="${HSMKEYS_OPENSSL_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/hsmkeys/openssl}"
 probe_kek=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 probe_id=68736d6b6579732d70726f6265 # "hsmkeys-probe"
 
@@ -91,7 +91,7 @@ d="\$(dirname "\$0")/root"
 LD_LIBRARY_PATH="\$d$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" OPENSSL_MODULES="\$d$lib/ossl-modules" exec "\$d/usr/bin/openssl" "\$@"
 EOF
     chmod 755 "$tmp/openssl"
-    mv "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp" # another run may have won
+    mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp" # another run may have won
   fi
   local want="${v%%-*}" got
   got="$("$wrapper" version 2>&1)" || { say "$wrapper version: $got"; return 1; }

@@ -280,7 +280,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 	if err != nil {
 		return err
 	}
-	if isExportedKey(m.Header, pt) {
+	if isExportedKey(pt) {
 		clear(pt)
 		return fmt.Errorf("%w: this is an exported key; use Import", ErrUnsupported)
 	}
@@ -289,9 +289,9 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 	return err
 }
 
-// isExportedKey reports whether an authenticated id-data content pt is the
+// isExportedKey reports whether authenticated content pt is the
 // manifest of an exported key (version 2 names its type; see Export).
-func isExportedKey(h *cms.Header, pt []byte) bool {
+func isExportedKey(pt []byte) bool {
 	if !cms.IsManifestLen(int64(len(pt))) {
 		return false
 	}

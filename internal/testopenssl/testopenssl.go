@@ -127,6 +127,10 @@ func load() {
 	}
 }
 
+// Check runs the version command and the probes on the openssl at path:
+// an error if it is unusable, else what it is and whether it has the fix.
+func Check(path string) (*OpenSSL, error) { return check(path) }
+
 func check(path string) (*OpenSSL, error) {
 	o := &OpenSSL{Path: path}
 	out, err := exec.Command(path, "version").CombinedOutput()

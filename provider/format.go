@@ -399,7 +399,8 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 // the KEKs in to (another KEK, or a new version of the same one), inside the
 // token: the key is unwrapped there, wrapped again, and destroyed. The
 // manifest, its nonce and tag are kept as they were, so the blob still
-// names the same key. Armour follows the input.
+// names the same key; a key exported before manifest version 2 is written
+// in the current form instead (see Export). Armour follows the input.
 func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options) ([]byte, error) {
 	if err := checkKEKs(to); err != nil {
 		return nil, fmt.Errorf("rewrap: %w", err)
@@ -413,6 +414,16 @@ func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options
 		return nil, fmt.Errorf("rewrap: %w", err)
 	}
 	defer k.Destroy(context.WithoutCancel(ctx))
+	if m.Header.ContentType.Equal(cms.OIDKeyManifest) {
+		// Exported before manifest version 2: written again in the current
+		// form (same key ID and creation time), which opens in any OpenSSL
+		// 3 when there is no context.
+		out, err := p.Export(ctx, k, to, Options{Context: o.Context, Armor: cms.IsArmored(blob) || o.Armor})
+		if err != nil {
+			return nil, fmt.Errorf("rewrap: %w", err)
+		}
+		return out, nil
+	}
 	h := *m.Header
 	h.Recipients = nil
 	err = k.use(ctx, "wrap", func(s *p11.Session) error {

@@ -352,11 +352,17 @@ func TestImportLegacyForm(t *testing.T) {
 		require.NoError(t, err)
 		_, err = back.Open(bg, sealed, nil)
 		require.NoError(t, err, "the same key")
+		// Rewrap writes it in the current form, the same key.
 		re, err := p.Rewrap(bg, old, []*KEK{fk.aes128}, Options{Context: ectx})
 		require.NoError(t, err)
+		rm, err := cms.Parse(bytes.NewReader(re), int64(len(re)))
+		require.NoError(t, err)
+		assert.True(t, rm.Header.ContentType.Equal(cms.OIDData), "rewrap moves a legacy key to id-data")
+		assert.Equal(t, len(ectx) > 0, len(rm.Header.AuthAttrs) > 0)
 		back, err = p.Import(bg, re, Options{Context: ectx})
 		require.NoError(t, err)
 		assert.Equal(t, k.ID(), back.ID())
+		assert.Equal(t, k.Created(), back.Created())
 		require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(old), int64(len(old)), Options{Context: ectx}), ErrUnsupported,
 			"a legacy key is no message")
 

@@ -3,9 +3,11 @@ package testopenssl
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -44,5 +46,41 @@ func TestCheckFindsTheFix(t *testing.T) {
 			t.Logf("%s reads authAttrs: a backport of openssl#31695", o.Version)
 		}
 		t.Logf("%s (%s): authAttrs %v", o.Version, o.Path, o.AuthAttrs)
+	}
+}
+
+// unfixedOpenSSL stands in for an OpenSSL without the authAttrs fix: it
+// opens the plain probe and refuses the other, as 3.0.19 does. A fake,
+// because a test cannot choose which real openssl the machine has.
+func unfixedOpenSSL(t *testing.T) string {
+	return fakeOpenSSL(t, `case "$1" in
+version) echo "OpenSSL 3.0.19 fake (Library: OpenSSL 3.0.19 fake)" ;;
+cms) grep -q '^MIHDBgsq' && printf 'hsmkeys openssl probe: plain\n' ;;
+*) exit 1 ;;
+esac`)
+}
+
+// TestCIFailsWithoutFix: under CI, a list with no openssl that reads
+// authAttrs fails the tests instead of leaving the context cases unrun;
+// without CI the same list passes, with the cases logged as not run.
+func TestCIFailsWithoutFix(t *testing.T) {
+	if os.Getenv("TESTOPENSSL_CHILD") != "" {
+		o := First(t)
+		require.False(t, o.AuthAttrs)
+		require.False(t, o.CanAuthAttrs(t, "a case with a context"))
+		return
+	}
+	fake := unfixedOpenSSL(t)
+	for _, ci := range []string{"", "true"} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCIFailsWithoutFix$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "TESTOPENSSL_CHILD=1", Env+"="+fake, "CI="+ci)
+		out, err := cmd.CombinedOutput()
+		if ci == "" {
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "a case with a context: not run with OpenSSL 3.0.19 fake")
+		} else {
+			require.Error(t, err, "%s", out)
+			assert.Contains(t, string(out), "CI is set and no openssl in "+Env)
+		}
 	}
 }

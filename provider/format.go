@@ -163,6 +163,12 @@ func checkKEKs(to []*KEK) error {
 // manifest, encrypted under k on the token. The key never leaves the token
 // unwrapped; the token itself refuses unless k is exportable and each KEK
 // is trusted.
+//
+// The content type is id-data and the manifest names its own type, so that
+// without a context the blob has no authAttrs and opens in any OpenSSL 3
+// (before 3.0.22 OpenSSL cannot parse authAttrs: openssl#26101); RFC 5083
+// §2.1 requires authAttrs for any other content type. Keys exported before
+// (content type OIDKeyManifest, with authAttrs) still import.
 func (p *Provider) Export(ctx context.Context, k *Key, to []*KEK, o Options) ([]byte, error) {
 	if err := checkKEKs(to); err != nil {
 		return nil, fmt.Errorf("export: %w", err)
@@ -176,15 +182,15 @@ func (p *Provider) Export(ctx context.Context, k *Key, to []*KEK, o Options) ([]
 		if err != nil {
 			return err
 		}
-		manifest, err := cms.MarshalManifest(&cms.Manifest{
+		manifest, err := cms.MarshalManifest(&cms.Manifest{ // version 2: names its type
 			Version: cms.ManifestVersion, KeyAlg: k.alg.String(), KeyBits: k.alg.bytes() * 8,
 			KCV: kcv, Created: k.created, Policy: cms.PolicyTrusted, KeyID: k.id[:],
 		})
 		if err != nil {
 			return err
 		}
-		h := &cms.Header{ContentType: cms.OIDKeyManifest, Algorithm: gcmOID(k.alg), Nonce: make([]byte, p11.NonceSize)}
-		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDKeyManifest), o.Context, true); err != nil {
+		h := &cms.Header{ContentType: cms.OIDData, Algorithm: gcmOID(k.alg), Nonce: make([]byte, p11.NonceSize)}
+		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDData), o.Context, false); err != nil {
 			return err
 		}
 		for _, kek := range to {
@@ -322,8 +328,11 @@ func (p *Provider) Import(ctx context.Context, blob []byte, o Options) (*Key, er
 
 func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options) (*Key, error) {
 	h := m.Header
-	if !h.ContentType.Equal(cms.OIDKeyManifest) {
-		return nil, fmt.Errorf("%w: not an exported key (content type %v); use Decrypt for messages", ErrUnsupported, h.ContentType)
+	// An exported key is id-data holding a version 2 manifest, which names
+	// its type; before, the content type was the manifest's (version 1).
+	legacy := h.ContentType.Equal(cms.OIDKeyManifest)
+	if !legacy && !h.ContentType.Equal(cms.OIDData) || !legacy && m.ContentLen > 4096 {
+		return nil, fmt.Errorf("%w: not an exported key (content type %v, %d bytes); use Decrypt for messages", ErrUnsupported, h.ContentType, m.ContentLen)
 	}
 	if err := checkContext(h, o.Context); err != nil {
 		return nil, err
@@ -358,7 +367,11 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 			}
 			return err
 		}
-		if manifest, err = cms.ParseManifest(pt); err != nil {
+		if manifest, err = cms.ParseManifest(pt); err != nil || !legacy && manifest.Version != cms.ManifestVersion {
+			if !legacy {
+				// Authentic, but not a manifest: a message.
+				return fmt.Errorf("%w: not an exported key (the content is no key manifest); use Decrypt for messages", ErrUnsupported)
+			}
 			return mapCMS(err)
 		}
 		if manifest.KeyAlg != alg.String() || manifest.KeyBits != alg.bytes()*8 {
@@ -386,7 +399,8 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 // the KEKs in to (another KEK, or a new version of the same one), inside the
 // token: the key is unwrapped there, wrapped again, and destroyed. The
 // manifest, its nonce and tag are kept as they were, so the blob still
-// names the same key. Armour follows the input.
+// names the same key; a key exported before manifest version 2 is written
+// in the current form instead (see Export). Armour follows the input.
 func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options) ([]byte, error) {
 	if err := checkKEKs(to); err != nil {
 		return nil, fmt.Errorf("rewrap: %w", err)
@@ -400,6 +414,16 @@ func (p *Provider) Rewrap(ctx context.Context, blob []byte, to []*KEK, o Options
 		return nil, fmt.Errorf("rewrap: %w", err)
 	}
 	defer k.Destroy(context.WithoutCancel(ctx))
+	if m.Header.ContentType.Equal(cms.OIDKeyManifest) {
+		// Exported before manifest version 2: written again in the current
+		// form (same key ID and creation time), which opens in any OpenSSL
+		// 3 when there is no context.
+		out, err := p.Export(ctx, k, to, Options{Context: o.Context, Armor: cms.IsArmored(blob) || o.Armor})
+		if err != nil {
+			return nil, fmt.Errorf("rewrap: %w", err)
+		}
+		return out, nil
+	}
 	h := *m.Header
 	h.Recipients = nil
 	err = k.use(ctx, "wrap", func(s *p11.Session) error {
@@ -451,7 +475,10 @@ type Info struct {
 
 // Inspect parses an exported key or a message and reports its recipients
 // and algorithms. It needs no token and checks no tag: nothing it reports is
-// authenticated until Import or Decrypt succeeds.
+// authenticated until Import or Decrypt succeeds. Kind is a guess for an
+// id-data message: an exported key is one whose content has the length of
+// a key manifest (a message of exactly that length looks the same; the
+// manifest inside, readable only with the key, tells them apart).
 func Inspect(blob []byte) (*Info, error) {
 	format := "der"
 	if cms.IsArmored(blob) {
@@ -476,7 +503,7 @@ func inspectMessage(m *cms.Message, format string) (*Info, error) {
 		return nil, fmt.Errorf("inspect: %w", err)
 	}
 	info := &Info{Kind: "message", Format: format, Algorithm: alg, ContentLen: m.ContentLen}
-	if h.ContentType.Equal(cms.OIDKeyManifest) {
+	if h.ContentType.Equal(cms.OIDKeyManifest) || h.ContentType.Equal(cms.OIDData) && cms.IsManifestLen(m.ContentLen) {
 		info.Kind = "key"
 	}
 	if info.Context, err = h.EncryptionContext(); err != nil {

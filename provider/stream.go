@@ -295,9 +295,23 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 	if err != nil {
 		return err
 	}
+	if isExportedKey(pt) {
+		clear(pt)
+		return fmt.Errorf("%w: this is an exported key; use Import", ErrUnsupported)
+	}
 	_, err = dst.Write(pt)
 	clear(pt)
 	return err
+}
+
+// isExportedKey reports whether authenticated content pt is the
+// manifest of an exported key (version 2 names its type; see Export).
+func isExportedKey(pt []byte) bool {
+	if !cms.IsManifestLen(int64(len(pt))) {
+		return false
+	}
+	m, err := cms.ParseManifest(pt)
+	return err == nil && m.Version == cms.ManifestVersion
 }
 
 // decryptStreaming checks the tag of a large message, then decrypts it.

@@ -127,9 +127,12 @@ func setupToken(env *testscript.Env, module string) error {
 	return nil
 }
 
-// condition answers [openssl], [nss] (NSS softoken and certutil) and
-// [p11kit] (p11-kit's proxy with SoftHSM registered): false skips a
-// script, except under CI, where a missing part fails it.
+// condition answers [openssl] (the openssl on PATH runs `openssl version`;
+// the scripts write no authAttrs, so any OpenSSL 3 reads them, and
+// internal/testopenssl has the list the interop tests use), [nss] (NSS
+// softoken and certutil), [p11kit] (p11-kit's proxy with SoftHSM
+// registered), [root] and [unshare]: false skips a script, except under CI,
+// where a missing or broken part fails it.
 func condition(cond string) (bool, error) {
 	var need []string
 	switch cond {
@@ -151,12 +154,20 @@ func condition(cond string) (bool, error) {
 		var err error
 		if strings.HasPrefix(n, "/") {
 			_, err = os.Stat(n)
+		} else if n == "openssl" {
+			var path string
+			if path, err = exec.LookPath(n); err == nil {
+				var out []byte
+				if out, err = exec.Command(path, "version").CombinedOutput(); err != nil {
+					err = fmt.Errorf("%s version: %w: %s", path, err, out)
+				}
+			}
 		} else {
 			_, err = exec.LookPath(n)
 		}
 		if err != nil {
 			if os.Getenv("CI") != "" {
-				return false, fmt.Errorf("CI is set and %s is missing", n)
+				return false, fmt.Errorf("CI is set and %s is missing or broken: %w", n, err)
 			}
 			return false, nil
 		}

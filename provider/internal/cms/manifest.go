@@ -1,6 +1,7 @@
 package cms
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -8,20 +9,27 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// Manifest describes an exported key. It is the content, of type
-// OIDKeyManifest, of the message that carries the key, encrypted under the
-// key itself. Its DER encoding is
+// Manifest describes an exported key. It is the content of the message
+// that carries the key, encrypted under the key itself. Its DER encoding is
 //
 //	KeyManifest ::= SEQUENCE {
-//	  version  INTEGER,            -- 1
+//	  type     OBJECT IDENTIFIER,  -- OIDKeyManifest; version 2 only
+//	  version  INTEGER,            -- 2 (1: without type)
 //	  keyAlg   UTF8String,         -- "aes128" | "aes256"
 //	  keyBits  INTEGER,            -- 128 | 256, as keyAlg says
 //	  kcv      OCTET STRING (SIZE (3)),
 //	  created  GeneralizedTime,    -- UTC, whole seconds: YYYYMMDDHHMMSSZ
 //	  policy   UTF8String,         -- "trusted" | "none"
 //	  keyID    OCTET STRING (SIZE (16)) }
+//
+// Version 2 names its own type, so that an exported key can be an id-data
+// message without authAttrs, which OpenSSL before 3.0.22 can open
+// (openssl#26101); RFC 5083 §2.1 requires authAttrs for any other content
+// type. Version 1, written until then, had no type: it was identified by
+// the message's content type OIDKeyManifest (and its authAttrs).
 type Manifest struct {
-	// Version is ManifestVersion.
+	// Version is ManifestVersion, or ManifestVersionLegacy for the form
+	// without type.
 	Version int
 	// KeyAlg is KeyAlgAES128 or KeyAlgAES256.
 	KeyAlg string
@@ -40,7 +48,8 @@ type Manifest struct {
 
 // Values of Manifest fields.
 const (
-	ManifestVersion = 1
+	ManifestVersion       = 2
+	ManifestVersionLegacy = 1
 
 	KeyAlgAES128 = "aes128"
 	KeyAlgAES256 = "aes256"
@@ -55,7 +64,7 @@ const (
 )
 
 func (m *Manifest) check() error {
-	if m.Version != ManifestVersion {
+	if m.Version != ManifestVersion && m.Version != ManifestVersionLegacy {
 		return unsupported("manifest version %d", m.Version)
 	}
 	switch {
@@ -91,6 +100,9 @@ func MarshalManifest(m *Manifest) ([]byte, error) {
 	created := m.Created.UTC().Truncate(time.Second)
 	b := cryptobyte.NewBuilder(nil)
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		if m.Version != ManifestVersionLegacy {
+			b.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(b *cryptobyte.Builder) { b.AddBytes(derKeyManifest) })
+		}
 		b.AddASN1Int64(int64(m.Version))
 		addUTF8(b, m.KeyAlg)
 		b.AddASN1Int64(int64(m.KeyBits))
@@ -121,10 +133,20 @@ func ParseManifest(der []byte) (*Manifest, error) {
 		return nil, malformed("bad manifest")
 	}
 	m := &Manifest{}
+	typed := seq.PeekASN1Tag(cbasn1.OBJECT_IDENTIFIER)
+	if typed {
+		var t cryptobyte.String
+		if !seq.ReadASN1(&t, cbasn1.OBJECT_IDENTIFIER) {
+			return nil, malformed("bad manifest type")
+		}
+		if !bytes.Equal(t, derKeyManifest) {
+			return nil, unsupported("manifest type is not the hsmkeys key manifest")
+		}
+	}
 	if !seq.ReadASN1Integer(&m.Version) {
 		return nil, malformed("bad manifest version")
 	}
-	if m.Version != ManifestVersion {
+	if typed && m.Version != ManifestVersion || !typed && m.Version != ManifestVersionLegacy {
 		return nil, unsupported("manifest version %d", m.Version)
 	}
 	var alg, policy, created []byte
@@ -152,3 +174,23 @@ func ParseManifest(der []byte) (*Manifest, error) {
 func addUTF8(b *cryptobyte.Builder, s string) {
 	b.AddASN1(cbasn1.UTF8String, func(b *cryptobyte.Builder) { b.AddBytes([]byte(s)) })
 }
+
+// IsManifestLen reports whether n is the length of a version 2 manifest
+// (one per policy: every other field has a fixed size). Inspect uses it to
+// guess, without the key, that an id-data message is an exported key.
+func IsManifestLen(n int64) bool {
+	return n == manifestLens[0] || n == manifestLens[1]
+}
+
+var manifestLens = func() [2]int64 {
+	var ls [2]int64
+	for i, p := range []string{PolicyTrusted, PolicyNone} {
+		der, err := MarshalManifest(&Manifest{Version: ManifestVersion, KeyAlg: KeyAlgAES256, KeyBits: 256,
+			KCV: make([]byte, kcvLen), Created: time.Unix(0, 0), Policy: p, KeyID: make([]byte, keyIDLen)})
+		if err != nil {
+			panic(err)
+		}
+		ls[i] = int64(len(der))
+	}
+	return ls
+}()

@@ -24,12 +24,35 @@ func TestManifestRoundTrip(t *testing.T) {
 	m := testManifest()
 	der, err := MarshalManifest(m)
 	require.NoError(t, err)
-	require.Equal(t, "3040"+"020101"+"0c06616573323536"+"02020100"+"0403abcdef"+
+	require.Equal(t, "3056"+"06146981f6d0cdff898f8a90a389a7d0a2d2dce1ae03"+"020102"+"0c06616573323536"+"02020100"+"0403abcdef"+
 		"180f32303235303330343035303630375a"+"0c0774727573746564"+
 		"041030313233343536373839616263646566", hexString(der))
 	got, err := ParseManifest(der)
 	require.NoError(t, err)
 	require.Equal(t, m, got)
+	require.True(t, IsManifestLen(int64(len(der))))
+
+	// Version 1, as exported keys were written before (no type): still read.
+	m1 := testManifest()
+	m1.Version = ManifestVersionLegacy
+	der, err = MarshalManifest(m1)
+	require.NoError(t, err)
+	require.Equal(t, "3040"+"020101"+"0c06616573323536"+"02020100"+"0403abcdef"+
+		"180f32303235303330343035303630375a"+"0c0774727573746564"+
+		"041030313233343536373839616263646566", hexString(der))
+	got, err = ParseManifest(der)
+	require.NoError(t, err)
+	require.Equal(t, m1, got)
+	// A type with version 1, or version 2 without type, is neither form.
+	for _, bad := range []string{
+		"3056" + "06146981f6d0cdff898f8a90a389a7d0a2d2dce1ae03" + "020101",
+		"3040" + "020102",
+		"3056" + "06146981f6d0cdff898f8a90a389a7d0a2d2dce1ae04" + "020102", // another type
+	} {
+		b := unhex(bad + strings.TrimPrefix(hexString(der), "3040020101"))
+		_, err := ParseManifest(b)
+		require.ErrorIs(t, err, ErrUnsupported, bad)
+	}
 
 	// Local times and sub-second precision are normalised.
 	m2 := testManifest()
@@ -48,7 +71,7 @@ func TestManifestRejects(t *testing.T) {
 		mut func(*Manifest)
 		err error
 	}{
-		"version 2":  {func(m *Manifest) { m.Version = 2 }, ErrUnsupported},
+		"version 3":  {func(m *Manifest) { m.Version = 3 }, ErrUnsupported},
 		"version 0":  {func(m *Manifest) { m.Version = 0 }, ErrUnsupported},
 		"alg":        {func(m *Manifest) { m.KeyAlg = "des3" }, ErrUnsupported},
 		"bits":       {func(m *Manifest) { m.KeyBits = 128 }, ErrMalformed},
@@ -76,7 +99,7 @@ func TestManifestRejects(t *testing.T) {
 		der []byte
 		err error
 	}{
-		"version 2":      {replace("020101", "020102"), ErrUnsupported},
+		"version 3":      {replace("020102", "020103"), ErrUnsupported},
 		"trailing":       {append(good, 0), ErrMalformed},
 		"truncated":      {good[:len(good)-1], ErrMalformed},
 		"local time":     {replace("180f32303235303330343035303630375a", "181332303235303330343035303630372b30313030"), ErrMalformed},

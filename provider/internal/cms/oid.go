@@ -36,8 +36,9 @@ var (
 	// OIDContentTypeAttr is the content-type attribute (RFC 5652 §11.1).
 	OIDContentTypeAttr = mustOID("1.2.840.113549.1.9.3")
 
-	// OIDKeyManifest is the content type of an exported key's manifest; see
-	// [Manifest]. UUID 7b509bfc-48f1-4411-894f-41152b985703.
+	// OIDKeyManifest is the type of an exported key's manifest, named inside
+	// it (version 2), or as the content type of the message (version 1);
+	// see [Manifest]. UUID 7b509bfc-48f1-4411-894f-41152b985703.
 	OIDKeyManifest = mustOID("2.25.163913590991787551455053146951607932675")
 	// OIDEncryptionContext is the attribute type of an encryption context;
 	// see [EncryptionContextAttr]. UUID ab2ce60f-8631-4a7b-ae46-5330904106f7.
@@ -57,6 +58,7 @@ var (
 	derData          = mustBinary(OIDData)
 	derContentType   = mustBinary(OIDContentTypeAttr)
 	derEncContext    = mustBinary(OIDEncryptionContext)
+	derKeyManifest   = mustBinary(OIDKeyManifest)
 )
 
 // wrapAlgs lists the supported KEK wrap algorithms with the length of the

@@ -236,6 +236,9 @@ func (m *Message) parseEncryptedContentInfo(p *reader, pos int64, fE frame) (int
 	if err != nil {
 		return 0, err
 	}
+	if err := checkOID("content type", ct.contents); err != nil {
+		return 0, err
+	}
 	oid, ok := oidFromDER(ct.contents)
 	if !ok {
 		return 0, malformed("bad content type")
@@ -348,9 +351,11 @@ func (m *Message) parseAuthAttrs(p *reader, t tl) error {
 }
 
 // Content returns a reader of the encrypted content. Each call returns a
-// new reader starting at the beginning.
+// new reader starting at the beginning. It reads the input through a
+// window, so a content in many small segments costs one ReadAt per window,
+// not one per segment (issue 12).
 func (m *Message) Content() io.Reader {
-	return &contentReader{r: m.r, it: m.segments()}
+	return &contentReader{it: m.segments()}
 }
 
 // ContentRanges yields the byte ranges of the input that hold the
@@ -378,43 +383,45 @@ func (m *Message) segments() *segIter {
 }
 
 type contentReader struct {
-	r        io.ReaderAt
 	it       *segIter
 	cur, end int64
 	err      error
 }
 
+// Read fills b from as many segments as it takes.
 func (c *contentReader) Read(b []byte) (int, error) {
-	for c.cur == c.end {
-		if c.err != nil {
+	n := 0
+	for n < len(b) {
+		if c.cur == c.end {
+			if c.err == nil {
+				seg, ok, err := c.it.next()
+				switch {
+				case err != nil:
+					c.err = err
+				case !ok:
+					c.err = io.EOF
+				default:
+					c.cur, c.end = seg.Off, seg.Off+seg.Len
+					continue
+				}
+			}
+			if n > 0 {
+				return n, nil
+			}
 			return 0, c.err
 		}
-		seg, ok, err := c.it.next()
-		switch {
-		case err != nil:
-			c.err = err
-		case !ok:
-			c.err = io.EOF
-		default:
-			c.cur, c.end = seg.Off, seg.Off+seg.Len
+		k := min(int64(len(b)-n), c.end-c.cur)
+		if err := c.it.p.read(b[n:n+int(k)], c.cur); err != nil {
+			c.err, c.end = err, c.cur
+			return n, err
 		}
+		c.cur += k
+		n += int(k)
 	}
-	if len(b) == 0 {
-		return 0, nil
+	if n == 0 && c.cur == c.end && c.err != nil {
+		return 0, c.err
 	}
-	if int64(len(b)) > c.end-c.cur {
-		b = b[:c.end-c.cur]
-	}
-	n, err := c.r.ReadAt(b, c.cur)
-	c.cur += int64(n)
-	if n == len(b) {
-		return n, nil
-	}
-	if err == io.EOF || err == nil {
-		err = io.ErrUnexpectedEOF
-	}
-	c.err = err
-	return n, err
+	return n, nil
 }
 
 // tl is a parsed identifier and length.
@@ -450,7 +457,9 @@ type reader struct {
 	winOff int64
 }
 
-const windowSize = 4096
+// windowSize is the size of the reads behind peek and small reads: a
+// header or a small segment costs no ReadAt of its own.
+const windowSize = 32 << 10
 
 // peek returns up to n bytes at off, fewer only at the end of the input.
 func (p *reader) peek(off int64, n int) ([]byte, error) {
@@ -477,6 +486,30 @@ func (p *reader) peek(off int64, n int) ([]byte, error) {
 		n = len(w)
 	}
 	return w[:n], nil
+}
+
+// read fills b from off: through the window when b is smaller than it,
+// straight from the input otherwise.
+func (p *reader) read(b []byte, off int64) error {
+	if len(b) < windowSize {
+		w, err := p.peek(off, len(b))
+		if err != nil {
+			return err
+		}
+		if len(w) < len(b) {
+			return malformed("input shorter than its size")
+		}
+		copy(b, w)
+		return nil
+	}
+	k, err := p.r.ReadAt(b, off)
+	if k < len(b) {
+		if err == nil || err == io.EOF {
+			return malformed("input shorter than its size")
+		}
+		return fmt.Errorf("cms: reading input: %w", err)
+	}
+	return nil
 }
 
 // readAt reads n bytes at off into a new slice; the caller bounds n.

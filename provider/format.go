@@ -47,17 +47,67 @@ type Options struct {
 	Armor bool
 }
 
+// KindError reports input of another kind than the call takes: an
+// encrypted message given to Import or Rewrap, an exported key given to
+// Decrypt, or a CMS message of another content type (signed data, say)
+// given to any of them. It matches ErrWrongKind.
+type KindError struct {
+	// Kind is what the input is: "message" (an encrypted message), "key"
+	// (an exported key), or a description of another kind of CMS.
+	Kind string
+	// Want is what the call takes: "message", "key", or "" for either.
+	Want string
+}
+
+func (e *KindError) Error() string {
+	var what string
+	switch e.Kind {
+	case "message":
+		what = "this is an encrypted message, not an exported key; use decrypt"
+	case "key":
+		what = "this is an exported key, not an encrypted message; use import"
+	default:
+		what = fmt.Sprintf("this is %s, not an hsmkeys message or exported key", e.Kind)
+	}
+	return fmt.Sprintf("%v: %s", ErrWrongKind, what)
+}
+
+func (e *KindError) Is(target error) bool { return target == ErrWrongKind }
+
 // mapCMS gives cms errors the provider's sentinels.
 func mapCMS(err error) error {
+	var cte *cms.ContentTypeError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &cte):
+		return &KindError{Kind: cmsKind(cte)}
 	case errors.Is(err, cms.ErrUnsupported):
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	case errors.Is(err, cms.ErrMalformed):
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return err
+}
+
+// cmsKind describes a CMS content type other than ours for a KindError.
+func cmsKind(e *cms.ContentTypeError) string {
+	if e.Name == e.OID {
+		return fmt.Sprintf("a cms message of content type %s", e.OID)
+	}
+	return fmt.Sprintf("a cms %s message (content type %s)", e.Name, e.OID)
+}
+
+// kindOf says what the parsed message m is: "message", "key", or another
+// kind of AuthEnvelopedData for a KindError.
+func kindOf(h *cms.Header) string {
+	switch {
+	case h.ContentType.Equal(cms.OIDKeyManifest):
+		return "key"
+	case h.ContentType.Equal(cms.OIDData):
+		return "message"
+	}
+	return fmt.Sprintf("an authEnvelopedData of content type %v", h.ContentType)
 }
 
 func gcmOID(alg Algorithm) asn1.ObjectIdentifier {
@@ -236,55 +286,107 @@ func parseBlob(blob []byte) (*cms.Message, error) {
 	return m, mapCMS(err)
 }
 
-// unwrapRecipient unwraps the content-encryption key of h under the first
-// recipient whose KEK this token holds. None gives ErrNotFound naming the
-// identifiers in the message.
+// unwrapRecipient unwraps the content-encryption key of h under a recipient
+// whose KEK this token holds, trying each in the order of the message.
+// RFC 5652 §6.1 lets a message carry recipients a reader cannot use, in any
+// order, so a recipient that names no KEK here (not found, an identifier no
+// KEK of ours can have, a KEK without its unwrapping half) or whose KEK
+// fails it (ambiguous, refused by policy, a failed unwrap) does not stop
+// the search; openssl searches the same way. Errors of the token or the
+// context do. None usable gives the error of the first recipient that
+// failed, or ErrNotFound naming the identifiers in the message.
 func (p *Provider) unwrapRecipient(ctx context.Context, h *cms.Header, alg Algorithm) (*Key, *KEK, error) {
 	var ids []string
-	for _, r := range h.Recipients {
-		var (
-			kek *KEK
-			err error
-			w   = &WrappedKey{Algorithm: alg}
-		)
-		switch r := r.(type) {
-		case *cms.KEKRecipient:
-			ids = append(ids, "kek id "+hex.EncodeToString(r.KeyID))
-			switch {
-			case r.WrapAlg.Equal(cms.OIDAES128Wrap), r.WrapAlg.Equal(cms.OIDAES192Wrap), r.WrapAlg.Equal(cms.OIDAES256Wrap):
-				w.Mechanism = AESKeyWrap
-			default:
-				w.Mechanism = AESKeyWrapPad
-			}
-			w.KEKID, w.Bytes = r.KeyID, r.EncryptedKey
-			kek, err = p.KEKByID(ctx, r.KeyID)
-		case *cms.KeyTransRecipient:
-			ids = append(ids, "subject key id "+hex.EncodeToString(r.SubjectKeyID))
-			w.Mechanism = RSAOAEPSHA1
-			if r.Hash == crypto.SHA256 {
-				w.Mechanism = RSAOAEPSHA256
-			}
-			w.Bytes = r.EncryptedKey
-			kek, err = p.kekBySKI(ctx, r.SubjectKeyID)
-			if kek != nil {
-				w.KEKID = kek.ID
-			}
-		default:
-			continue
+	var first error
+	for i, r := range h.Recipients {
+		k, kek, id, err := p.tryRecipient(ctx, r, alg)
+		if err == nil {
+			return k, kek, nil
 		}
-		if errors.Is(err, ErrNotFound) || (err == nil && !kek.CanUnwrap()) {
-			continue
+		if id != "" {
+			ids = append(ids, id)
 		}
-		if err != nil {
+		if !recipientSkippable(err) {
 			return nil, nil, err
 		}
-		if err := validWrapped(w); err != nil {
-			return nil, nil, err
+		if first == nil && !errors.Is(err, ErrNotFound) {
+			first = err
+			if len(h.Recipients) > 1 {
+				first = fmt.Errorf("recipient %d of %d (%s): %w", i+1, len(h.Recipients), id, err)
+			}
 		}
-		k, err := p.unwrapUnder(ctx, w, kek)
-		return k, kek, err
+	}
+	if first != nil {
+		return nil, nil, first
 	}
 	return nil, nil, fmt.Errorf("%w: no kek on token %q for any recipient (%s)", ErrNotFound, p.token.Label, strings.Join(ids, ", "))
+}
+
+// recipientSkippable reports whether err, from trying one recipient, is
+// about that recipient only, so that the next one may still work.
+func recipientSkippable(err error) bool {
+	for _, s := range []error{ErrNotFound, ErrInvalidInput, ErrPolicy, ErrWrappedKeyInvalid, ErrUnsupported} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// tryRecipient unwraps under one recipient. id names the recipient for an
+// error message; it is empty for a recipient hsmkeys cannot use at all.
+func (p *Provider) tryRecipient(ctx context.Context, r cms.Recipient, alg Algorithm) (k *Key, kek *KEK, id string, err error) {
+	w := &WrappedKey{Algorithm: alg}
+	switch r := r.(type) {
+	case *cms.KEKRecipient:
+		id = "kek id " + shortHex(r.KeyID)
+		switch {
+		case r.WrapAlg.Equal(cms.OIDAES128Wrap), r.WrapAlg.Equal(cms.OIDAES192Wrap), r.WrapAlg.Equal(cms.OIDAES256Wrap):
+			w.Mechanism = AESKeyWrap
+		default:
+			w.Mechanism = AESKeyWrapPad
+		}
+		w.KEKID, w.Bytes = r.KeyID, r.EncryptedKey
+		kek, err = p.KEKByID(ctx, r.KeyID)
+		if errors.Is(err, ErrInvalidInput) {
+			// An identifier no KEK can have (KEKByID takes up to 256
+			// bytes, RFC 5652 sets no bound) names no KEK here.
+			err = fmt.Errorf("%w: no kek has an id of %d bytes", ErrNotFound, len(r.KeyID))
+		}
+	case *cms.KeyTransRecipient:
+		id = "subject key id " + shortHex(r.SubjectKeyID)
+		w.Mechanism = RSAOAEPSHA1
+		if r.Hash == crypto.SHA256 {
+			w.Mechanism = RSAOAEPSHA256
+		}
+		w.Bytes = r.EncryptedKey
+		kek, err = p.kekBySKI(ctx, r.SubjectKeyID)
+		if kek != nil {
+			w.KEKID = kek.ID
+		}
+	default:
+		return nil, nil, "", fmt.Errorf("%w: a recipient hsmkeys does not use", ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, id, err
+	}
+	if !kek.CanUnwrap() {
+		return nil, nil, id, fmt.Errorf("%w: %v has no unwrapping half on this token", ErrNotFound, kek)
+	}
+	if err := validWrapped(w); err != nil {
+		return nil, nil, id, err
+	}
+	k, err = p.unwrapUnder(ctx, w, kek)
+	return k, kek, id, err
+}
+
+// shortHex formats an identifier from a message for an error, cut short:
+// a message may carry 64 recipients with 1 KiB identifiers.
+func shortHex(b []byte) string {
+	if len(b) > 32 {
+		return fmt.Sprintf("%s... (%d bytes)", hex.EncodeToString(b[:32]), len(b))
+	}
+	return hex.EncodeToString(b)
 }
 
 // kekBySKI finds the RSA KEK whose subject key identifier is ski.
@@ -322,8 +424,8 @@ func (p *Provider) Import(ctx context.Context, blob []byte, o Options) (*Key, er
 
 func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options) (*Key, error) {
 	h := m.Header
-	if !h.ContentType.Equal(cms.OIDKeyManifest) {
-		return nil, fmt.Errorf("%w: not an exported key (content type %v); use Decrypt for messages", ErrUnsupported, h.ContentType)
+	if kind := kindOf(h); kind != "key" {
+		return nil, &KindError{Kind: kind, Want: "key"}
 	}
 	if err := checkContext(h, o.Context); err != nil {
 		return nil, err

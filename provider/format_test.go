@@ -187,9 +187,9 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 	var msg bytes.Buffer
 	require.NoError(t, p.Encrypt(bg, &msg, bytes.NewReader([]byte("hi")), 2, []*KEK{fk.aes256}, Options{}))
 	_, err = p.Import(bg, msg.Bytes(), Options{})
-	require.ErrorIs(t, err, ErrUnsupported)
+	require.ErrorIs(t, err, ErrWrongKind)
 	// Nor is a key a message.
-	require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrUnsupported)
+	require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrWrongKind)
 
 	for name, in := range map[string][]byte{
 		"empty":    nil,
@@ -207,7 +207,7 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 // isTyped reports whether err carries one of the sentinels a caller of
 // Import or Decrypt branches on.
 func isTyped(err error) bool {
-	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput, ErrPolicy} {
+	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrongKind, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput, ErrPolicy} {
 		if errors.Is(err, s) {
 			return true
 		}

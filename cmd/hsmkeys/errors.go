@@ -76,7 +76,10 @@ func hints(err error) []string {
 	}
 	var pe *provider.PINError
 	var tnf *provider.TokenNotFoundError
+	var ke *provider.KindError
 	switch {
+	case errors.As(err, &ke):
+		return []string{kindHint(ke)}
 	case errors.As(err, &pe):
 		return []string{pinHint(pe)}
 	case errors.As(err, &tnf):
@@ -97,6 +100,17 @@ func hints(err error) []string {
 		return []string{"set --module or HSMKEYS_MODULE to the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"}
 	}
 	return nil
+}
+
+// kindHint names what the input is and the command that takes it.
+func kindHint(e *provider.KindError) string {
+	switch e.Kind {
+	case "message":
+		return "it is an encrypted message: 'hsmkeys decrypt -i FILE' opens it"
+	case "key":
+		return "it is an exported key: 'hsmkeys key inspect FILE' describes it, 'hsmkeys key rewrap' re-wraps it"
+	}
+	return "hsmkeys reads the messages of 'hsmkeys encrypt' and the keys of 'hsmkeys key new' (CMS authEnvelopedData); 'openssl cms -cmsout -print -inform DER -in FILE' shows what this is"
 }
 
 func pinHint(pe *provider.PINError) string {

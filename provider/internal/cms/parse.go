@@ -71,7 +71,7 @@ func Parse(r io.ReaderAt, size int64) (*Message, error) {
 		return nil, err
 	}
 	if !bytes.Equal(oid.contents, derAuthEnveloped) {
-		return nil, unsupported("content type %s", oidString(oid.contents))
+		return nil, contentTypeError(oid.contents)
 	}
 	explicit, err := p.expect(oid.end(), fCI, tagCtx0Con, "ContentInfo content")
 	if err != nil {

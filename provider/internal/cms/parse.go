@@ -166,7 +166,7 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 		return 0, malformed("no recipients")
 	}
 	if len(unknown) == len(h.Recipients) {
-		return 0, unsupported("no supported recipient: %s", strings.Join(unknown, "; "))
+		return 0, unsupported("no supported recipient: %s", summarize(unknown))
 	}
 	pos = t.end()
 
@@ -228,6 +228,27 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 		return 0, malformed("unexpected tag 0x%02x after mac", t.tag)
 	}
 	return pos, nil
+}
+
+// summarize joins reasons, each once with a count, without the sentinel's
+// text each repeats: 64 recipients give one short line.
+func summarize(reasons []string) string {
+	prefix := ErrUnsupported.Error() + ": "
+	var order []string
+	count := map[string]int{}
+	for _, r := range reasons {
+		r = strings.TrimPrefix(r, prefix)
+		if count[r] == 0 {
+			order = append(order, r)
+		}
+		count[r]++
+	}
+	for i, r := range order {
+		if n := count[r]; n > 1 {
+			order[i] = fmt.Sprintf("%s (%d times)", r, n)
+		}
+	}
+	return strings.Join(order, "; ")
 }
 
 func (m *Message) parseEncryptedContentInfo(p *reader, pos int64, fE frame) (int64, error) {

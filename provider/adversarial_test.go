@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -337,4 +338,102 @@ func BenchmarkDecryptAdversarial(b *testing.B) {
 			b.ReportMetric(float64(reads), "preads/op")
 		})
 	}
+}
+
+// withAuthAttrs returns the DER message der (without authAttrs) with
+// authAttrs holding the content type and n-1 attributes of types 1.2.i,
+// written by hand: cms refuses to write more than 64. The MAC no longer
+// matches; the parser refuses before that matters.
+func withAuthAttrs(t testing.TB, der []byte, n int) []byte {
+	t.Helper()
+	attr := func(oid []byte, value []byte) []byte {
+		b := cryptobyte.NewBuilder(nil)
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(b *cryptobyte.Builder) { b.AddBytes(oid) })
+			b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddBytes(value) })
+		})
+		return b.BytesOrPanic()
+	}
+	ctAttr := cms.ContentTypeAttr(cms.OIDData)
+	ctOID, err := cms.OIDContentTypeAttr.MarshalBinary()
+	require.NoError(t, err)
+	encs := [][]byte{attr(ctOID, ctAttr.Values[0])}
+	for i := 1; i < n; i++ {
+		oid := []byte{0x2a}
+		for v := i; ; v >>= 7 {
+			c := byte(v & 0x7f)
+			if len(oid) > 1 {
+				c |= 0x80
+			}
+			oid = append(oid[:1], append([]byte{c}, oid[1:]...)...)
+			if v < 0x80 {
+				break
+			}
+		}
+		encs = append(encs, attr(oid, []byte{0x05, 0x00}))
+	}
+	slices.SortFunc(encs, bytes.Compare)
+
+	s := cryptobyte.String(der)
+	var ci, oid, explicit, aed, version, rset, eci, mac cryptobyte.String
+	var tag cbasn1.Tag
+	require.True(t, s.ReadASN1(&ci, cbasn1.SEQUENCE) && s.Empty())
+	require.True(t, ci.ReadAnyASN1Element(&oid, &tag))
+	require.True(t, ci.ReadASN1(&explicit, cbasn1.Tag(0).ContextSpecific().Constructed()))
+	require.True(t, explicit.ReadASN1(&aed, cbasn1.SEQUENCE))
+	require.True(t, aed.ReadAnyASN1Element(&version, &tag))
+	require.True(t, aed.ReadAnyASN1Element(&rset, &tag))
+	require.True(t, aed.ReadAnyASN1Element(&eci, &tag))
+	require.True(t, aed.ReadAnyASN1Element(&mac, &tag))
+	require.True(t, aed.Empty(), "a message without authAttrs")
+	b := cryptobyte.NewBuilder(nil)
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(oid)
+		b.AddASN1(cbasn1.Tag(0).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddBytes(version)
+				b.AddBytes(rset)
+				b.AddBytes(eci)
+				b.AddASN1(cbasn1.Tag(1).ContextSpecific().Constructed(), func(b *cryptobyte.Builder) {
+					b.AddBytes(bytes.Join(encs, nil))
+				})
+				b.AddBytes(mac)
+			})
+		})
+	})
+	return b.BytesOrPanic()
+}
+
+// TestAdversarialMessages feeds the 1 MiB inputs of issue 12 to every
+// public entry point: each is refused with a typed error (ErrUnsupported:
+// beyond the limits of docs/format.md), before any token work.
+func TestAdversarialMessages(t *testing.T) {
+	fk := makeFormatKEKs(t)
+	p := openProvider(t)
+	kek := mustKEK(t, p, fk.aes256)
+	var der bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &der, bytes.NewReader([]byte("attributes")), 10, []*KEK{kek}, Options{}))
+
+	// As many attributes as allowed: parsed, and the MAC (computed without
+	// them) fails on the token.
+	ok := withAuthAttrs(t, der.Bytes(), 64)
+	_, err := Inspect(ok)
+	require.NoError(t, err)
+	require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(ok), int64(len(ok)), Options{}), ErrAuthentication)
+
+	bomb := withAuthAttrs(t, der.Bytes(), 88000)
+	require.Greater(t, len(bomb), 1000<<10)
+	require.LessOrEqual(t, len(bomb), MaxBlobSize)
+	check := func(name string, err error) {
+		t.Helper()
+		require.ErrorIs(t, err, ErrUnsupported, name)
+		require.NotErrorIs(t, err, ErrWrongKind, name)
+		require.ErrorContains(t, err, "more than 64 authenticated attributes", name)
+		require.NotContains(t, err.Error(), "by this token", name)
+	}
+	_, err = Inspect(bomb)
+	check("inspect", err)
+	_, err = p.Import(bg, bomb, Options{})
+	check("import", err)
+	check("decrypt", p.Decrypt(bg, io.Discard, bytes.NewReader(bomb), int64(len(bomb)), Options{}))
 }

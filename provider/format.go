@@ -83,12 +83,22 @@ func mapCMS(err error) error {
 	case errors.As(err, &cte):
 		return &KindError{Kind: cmsKind(cte)}
 	case errors.Is(err, cms.ErrUnsupported):
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return unsupportedMessage{err}
 	case errors.Is(err, cms.ErrMalformed):
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return err
 }
+
+// unsupportedMessage is a message using a feature or a size hsmkeys does
+// not handle (an algorithm, unauthAttrs, more than 64 recipients or
+// attributes). It matches ErrUnsupported, but its text does not blame the
+// token as ErrUnsupported's does: the cms error says what it is.
+type unsupportedMessage struct{ err error }
+
+func (e unsupportedMessage) Error() string        { return e.err.Error() }
+func (e unsupportedMessage) Unwrap() error        { return e.err }
+func (e unsupportedMessage) Is(target error) bool { return target == ErrUnsupported }
 
 // cmsKind describes a CMS content type other than ours for a KindError.
 func cmsKind(e *cms.ContentTypeError) string {

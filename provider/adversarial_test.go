@@ -297,12 +297,8 @@ func TestDecryptPiecesReads(t *testing.T) {
 // content in DER and in 1-byte BER pieces (192 MiB), through the streaming
 // path; the pieces cost the parser CPU per piece but no read per piece.
 func BenchmarkDecryptAdversarial(b *testing.B) {
-	a := openAdmin(b)
-	kekName := uniqueName(b, "bench-adv")
-	kek0 := makeKEK(b, a, kekName, KEKAES256)
-	require.NoError(b, a.Close())
 	p := openProvider(b)
-	kek := mustKEK(b, p, kek0)
+	kek := benchKEK(b, p)
 	plaintext := make([]byte, 64<<20)
 	_, _ = rand.Read(plaintext)
 	var der bytes.Buffer
@@ -436,4 +432,24 @@ func TestAdversarialMessages(t *testing.T) {
 	_, err = p.Import(bg, bomb, Options{})
 	check("import", err)
 	check("decrypt", p.Decrypt(bg, io.Discard, bytes.NewReader(bomb), int64(len(bomb)), Options{}))
+}
+
+// BenchmarkRecipientSearch decrypts a message whose usable recipient is
+// the last of 64, after 63 RSA recipients of keys not on the token.
+func BenchmarkRecipientSearch(b *testing.B) {
+	p := openProvider(b)
+	kek := benchKEK(b, p)
+	var msg bytes.Buffer
+	require.NoError(b, p.Encrypt(bg, &msg, bytes.NewReader([]byte("x")), 1, []*KEK{kek}, Options{}))
+	m, err := cms.Parse(bytes.NewReader(msg.Bytes()), int64(msg.Len()))
+	require.NoError(b, err)
+	good := m.Header.Recipients[0]
+	var rs []cms.Recipient
+	for i := range 63 {
+		rs = append(rs, &cms.KeyTransRecipient{SubjectKeyID: bytes.Repeat([]byte{byte(i)}, 20), Hash: crypto.SHA256, EncryptedKey: make([]byte, 256)})
+	}
+	m.Header.Recipients = append(rs, good)
+	for b.Loop() {
+		require.NoError(b, p.decryptMessage(bg, io.Discard, m, Options{}))
+	}
 }

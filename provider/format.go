@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/subtle"
 	"encoding/asn1"
 	"encoding/hex"
@@ -308,8 +307,9 @@ func parseBlob(blob []byte) (*cms.Message, error) {
 func (p *Provider) unwrapRecipient(ctx context.Context, h *cms.Header, alg Algorithm) (*Key, *KEK, error) {
 	var ids []string
 	var first error
+	skis := &skiIndex{p: p}
 	for i, r := range h.Recipients {
-		k, kek, id, err := p.tryRecipient(ctx, r, alg)
+		k, kek, id, err := p.tryRecipient(ctx, r, alg, skis)
 		if err == nil {
 			return k, kek, nil
 		}
@@ -345,7 +345,7 @@ func recipientSkippable(err error) bool {
 
 // tryRecipient unwraps under one recipient. id names the recipient for an
 // error message; it is empty for a recipient hsmkeys cannot use at all.
-func (p *Provider) tryRecipient(ctx context.Context, r cms.Recipient, alg Algorithm) (k *Key, kek *KEK, id string, err error) {
+func (p *Provider) tryRecipient(ctx context.Context, r cms.Recipient, alg Algorithm, skis *skiIndex) (k *Key, kek *KEK, id string, err error) {
 	w := &WrappedKey{Algorithm: alg}
 	switch r := r.(type) {
 	case *cms.KEKRecipient:
@@ -370,7 +370,7 @@ func (p *Provider) tryRecipient(ctx context.Context, r cms.Recipient, alg Algori
 			w.Mechanism = RSAOAEPSHA256
 		}
 		w.Bytes = r.EncryptedKey
-		kek, err = p.kekBySKI(ctx, r.SubjectKeyID)
+		kek, err = skis.find(ctx, r.SubjectKeyID)
 		if kek != nil {
 			w.KEKID = kek.ID
 		}
@@ -399,19 +399,47 @@ func shortHex(b []byte) string {
 	return hex.EncodeToString(b)
 }
 
-// kekBySKI finds the RSA KEK whose subject key identifier is ski.
-func (p *Provider) kekBySKI(ctx context.Context, ski []byte) (*KEK, error) {
-	if k := p.keks.get(append([]byte("ski:"), ski...)); k != nil {
+// skiIndex finds RSA KEKs by subject key identifier during one recipient
+// search. The token's KEKs are listed at most once per search, not once
+// per recipient: a message may name 64 RSA keys that are not here.
+type skiIndex struct {
+	p      *Provider
+	listed bool
+	keks   []*KEK
+	skis   [][]byte
+}
+
+// find returns the RSA KEK whose subject key identifier is ski.
+func (x *skiIndex) find(ctx context.Context, ski []byte) (*KEK, error) {
+	key := append([]byte("ski:"), ski...)
+	if k := x.p.keks.get(key); k != nil {
 		return k, nil
 	}
-	k, err := p.KEKByPublicKey(ctx, func(pub *rsa.PublicKey) bool {
-		return bytes.Equal(cms.SubjectKeyID(pub), ski)
-	})
-	if err != nil {
-		return nil, err
+	if !x.listed {
+		ks, err := x.p.KEKs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range ks {
+			if pub := k.PublicKey(); pub != nil {
+				x.keks = append(x.keks, k)
+				x.skis = append(x.skis, cms.SubjectKeyID(pub))
+			}
+		}
+		x.listed = true
 	}
-	p.keks.putAs(append([]byte("ski:"), ski...), k)
-	return k, nil
+	for i, s := range x.skis {
+		if bytes.Equal(s, ski) {
+			k := x.keks[i]
+			if err := k.usable(); err != nil {
+				return nil, err
+			}
+			x.p.keks.put(k)
+			x.p.keks.putAs(key, k)
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no rsa kek with that public key", ErrNotFound)
 }
 
 // Import brings an exported key back into the token as a session key. It

@@ -2,6 +2,7 @@ package cms
 
 import (
 	"bytes"
+	"crypto/x509"
 	"io"
 	"math/bits"
 	"slices"
@@ -238,6 +239,16 @@ func TestAdversarialAttributes(t *testing.T) {
 	require.ErrorContains(t, err, "attribute 1.2.3 given twice")
 	_, err = marshalAttrs(make([]Attribute, maxAttrs+1))
 	require.ErrorContains(t, err, "at most 64")
+	// What could not be parsed is not written either.
+	var huge x509.OID
+	require.NoError(t, huge.UnmarshalBinary(hugeArcOID(30)))
+	_, err = marshalAttrs([]Attribute{ContentTypeAttr(OIDData), {Type: huge, Values: [][]byte{{5, 0}}}})
+	require.ErrorContains(t, err, "beyond the limits on object identifiers")
+	h := adversarialHeader(t)
+	h.ContentType = huge
+	h.AuthAttrs = []Attribute{ContentTypeAttr(huge)}
+	_, err = h.encode()
+	require.ErrorContains(t, err, "beyond the limits on object identifiers")
 }
 
 func TestAdversarialOIDs(t *testing.T) {

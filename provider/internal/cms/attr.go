@@ -163,6 +163,9 @@ func marshalAttrs(attrs []Attribute) ([]byte, error) {
 		if t == nil {
 			return nil, errors.New("cms: attribute without type")
 		}
+		if checkOID("", t) != nil {
+			return nil, fmt.Errorf("cms: attribute type %s beyond the limits on object identifiers", oidString(t))
+		}
 		types[i] = t
 	}
 	if i := duplicate(types); i >= 0 {

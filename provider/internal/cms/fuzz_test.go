@@ -28,6 +28,15 @@ func FuzzParse(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s)
 	}
+	// The costly shapes of issue 12 at sizes mutation can work on;
+	// FuzzParseShapes takes them to MiB sizes.
+	f.Add(manyAttrsMessage(f, maxAttrs))
+	f.Add(manyAttrsMessage(f, maxAttrs+1))
+	f.Add(piecesMessage(f, 4096, 1))
+	f.Add(hugeArcRecipientMessage(f, 1000))
+	f.Add(hugeArcAttrMessage(f, 21))
+	f.Add(deepMessage(f, 100))
+	f.Add(manyRecipientsMessage(f, maxRecipients))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		cr := &countingReaderAt{r: bytes.NewReader(b)}
 		m, err := Parse(cr, int64(len(b)))

@@ -137,9 +137,9 @@ func piecesMessage(t testing.TB, n, piece int) []byte {
 	if err := WriteHeader(&buf, h, -1); err != nil {
 		t.Fatal(err)
 	}
-	c := make([]byte, piece)
-	for left := n; left > 0; left -= piece {
-		if err := WriteChunk(&buf, c[:min(piece, left)]); err != nil {
+	content := piecesContent(n)
+	for c := content; len(c) > 0; c = c[min(piece, len(c)):] {
+		if err := WriteChunk(&buf, c[:min(piece, len(c))]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -147,6 +147,16 @@ func piecesMessage(t testing.TB, n, piece int) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// piecesContent is the content of piecesMessage: no two neighbouring
+// bytes alike, so that a misplaced offset shows.
+func piecesContent(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
 }
 
 // countingReaderAt counts ReadAt calls and the bytes asked for.
@@ -320,8 +330,23 @@ func TestAdversarialPieces(t *testing.T) {
 		for range 2 {
 			got, err := io.ReadAll(m.Content())
 			require.NoError(t, err)
-			require.Equal(t, make([]byte, n), got)
+			require.True(t, bytes.Equal(piecesContent(n), got), "piece of %d bytes", piece)
 		}
+		// Reads of odd sizes cross pieces and windows anywhere (not
+		// counted below).
+		before := cr.calls.Load()
+		var got bytes.Buffer
+		r := m.Content()
+		for i := 1; ; i = i%4099 + 7 {
+			k, err := io.CopyN(&got, r, int64(i))
+			if err == io.EOF {
+				require.Less(t, k, int64(i))
+				break
+			}
+			require.NoError(t, err)
+		}
+		require.True(t, bytes.Equal(piecesContent(n), got.Bytes()), "piece of %d bytes", piece)
+		cr.calls.Store(before)
 		windows := int64(len(in)/windowSize + 1)
 		require.LessOrEqual(t, cr.calls.Load(), 3*(2*windows+8), "piece of %d bytes", piece)
 		// And the bytes read stay within a small multiple of the input.

@@ -414,6 +414,10 @@ func (c *contentReader) Read(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
 		if c.cur == c.end {
+			if r, ok := c.it.fast(); ok && c.err == nil {
+				c.cur, c.end = r.Off, r.Off+r.Len
+				continue
+			}
 			if c.err == nil {
 				seg, ok, err := c.it.next()
 				switch {
@@ -432,7 +436,14 @@ func (c *contentReader) Read(b []byte) (int, error) {
 			return 0, c.err
 		}
 		k := min(int64(len(b)-n), c.end-c.cur)
-		if err := c.it.p.read(b[n:n+int(k)], c.cur); err != nil {
+		if p := c.it.p; c.cur >= p.winOff && c.cur+k <= p.winOff+int64(len(p.win)) {
+			// The window holds it: no call, and no memmove for a byte.
+			if w := p.win[c.cur-p.winOff:]; k == 1 {
+				b[n] = w[0]
+			} else {
+				copy(b[n:n+int(k)], w)
+			}
+		} else if err := p.read(b[n:n+int(k)], c.cur); err != nil {
 			c.err, c.end = err, c.cur
 			return n, err
 		}
@@ -694,6 +705,31 @@ func newSegIter(p *reader, t tl, parent frame) *segIter {
 	return it
 }
 
+// fast returns the next segment when it is a non-empty primitive OCTET
+// STRING with a short-form length, wholly inside the window and its
+// container: the common case of content in small pieces, decoded here
+// without readTL. Anything else is left to next's general loop, which
+// decides the same way for these.
+func (it *segIter) fast() (Range, bool) {
+	n := len(it.stack)
+	if n == 0 {
+		return Range{}, false
+	}
+	p := it.p
+	off := it.pos - p.winOff
+	if off < 0 || off+2 > int64(len(p.win)) {
+		return Range{}, false
+	}
+	w := p.win[off:]
+	l := int64(w[1])
+	if w[0] != tagOctetString || l == 0 || l >= 0x80 || it.pos+2+l > it.stack[n-1].end {
+		return Range{}, false
+	}
+	r := Range{it.pos + 2, l}
+	it.pos += 2 + l
+	return r, true
+}
+
 var errDepth = unsupported("encryptedContent nested deeper than %d", maxDepth)
 
 func (it *segIter) next() (Range, bool, error) {
@@ -701,6 +737,9 @@ func (it *segIter) next() (Range, bool, error) {
 		r := *it.first
 		it.first = nil
 		return r, r.Len > 0, nil
+	}
+	if r, ok := it.fast(); ok {
+		return r, true, nil
 	}
 	for len(it.stack) > 0 {
 		f := it.stack[len(it.stack)-1]

@@ -291,6 +291,7 @@ func (m *Message) parseEncryptedContentInfo(p *reader, pos int64, fE frame) (int
 	m.content, m.contentLimit = t, fE.end
 	it := newSegIter(p, t, fE)
 	for {
+		m.ContentLen += int64(it.run(nil))
 		seg, ok, err := it.next()
 		if err != nil {
 			return 0, err
@@ -414,9 +415,11 @@ func (c *contentReader) Read(b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
 		if c.cur == c.end {
-			if r, ok := c.it.fast(); ok && c.err == nil {
-				c.cur, c.end = r.Off, r.Off+r.Len
-				continue
+			if c.err == nil {
+				if k := c.it.run(b[n:]); k > 0 {
+					n += k
+					continue
+				}
 			}
 			if c.err == nil {
 				seg, ok, err := c.it.next()
@@ -705,29 +708,45 @@ func newSegIter(p *reader, t tl, parent frame) *segIter {
 	return it
 }
 
-// fast returns the next segment when it is a non-empty primitive OCTET
-// STRING with a short-form length, wholly inside the window and its
-// container: the common case of content in small pieces, decoded here
-// without readTL. Anything else is left to next's general loop, which
-// decides the same way for these.
-func (it *segIter) fast() (Range, bool) {
+// run is next's fast path for content in small pieces: while the next
+// element is a non-empty primitive OCTET STRING with a short-form length,
+// wholly inside the window and its container, it takes it without
+// readTL, a few instructions a piece. It copies the contents into b (stopping
+// before a piece that does not fit), or with b nil only counts them, and
+// returns the number of bytes. Anything else is left to next's general
+// loop, which decides the same way for these elements.
+func (it *segIter) run(b []byte) int {
 	n := len(it.stack)
 	if n == 0 {
-		return Range{}, false
+		return 0
 	}
-	p := it.p
-	off := it.pos - p.winOff
-	if off < 0 || off+2 > int64(len(p.win)) {
-		return Range{}, false
+	end := it.stack[n-1].end
+	w, base := it.p.win, it.p.winOff
+	pos, k := it.pos, 0
+	for {
+		off := pos - base
+		if off < 0 || off+2 > int64(len(w)) {
+			break
+		}
+		l := int64(w[off+1])
+		if w[off] != tagOctetString || l == 0 || l >= 0x80 || pos+2+l > end || off+2+l > int64(len(w)) {
+			break
+		}
+		if b != nil {
+			if int(l) > len(b)-k {
+				break
+			}
+			if l == 1 {
+				b[k] = w[off+2]
+			} else {
+				copy(b[k:k+int(l)], w[off+2:])
+			}
+		}
+		k += int(l)
+		pos += 2 + l
 	}
-	w := p.win[off:]
-	l := int64(w[1])
-	if w[0] != tagOctetString || l == 0 || l >= 0x80 || it.pos+2+l > it.stack[n-1].end {
-		return Range{}, false
-	}
-	r := Range{it.pos + 2, l}
-	it.pos += 2 + l
-	return r, true
+	it.pos = pos
+	return k
 }
 
 var errDepth = unsupported("encryptedContent nested deeper than %d", maxDepth)
@@ -737,9 +756,6 @@ func (it *segIter) next() (Range, bool, error) {
 		r := *it.first
 		it.first = nil
 		return r, r.Len > 0, nil
-	}
-	if r, ok := it.fast(); ok {
-		return r, true, nil
 	}
 	for len(it.stack) > 0 {
 		f := it.stack[len(it.stack)-1]

@@ -51,15 +51,19 @@ func (e *ContentTypeError) Is(target error) bool { return target == ErrUnsupport
 // contentTypeNames are the content types of RFC 5652 and its companions
 // that a user may hand us by mistake.
 var contentTypeNames = map[string]string{
-	"1.2.840.113549.1.7.1":                         "data",
-	"1.2.840.113549.1.7.2":                         "signed-data",
-	"1.2.840.113549.1.7.3":                         "enveloped-data",
-	"1.2.840.113549.1.7.5":                         "digested-data",
-	"1.2.840.113549.1.7.6":                         "encrypted-data",
-	"1.2.840.113549.1.9.16.1.2":                    "authenticated-data",
-	"1.2.840.113549.1.9.16.1.9":                    "compressed-data",
-	"1.2.840.113549.1.9.16.1.23":                   "auth-enveloped-data",
-	"2.25.163913590991787551455053146951607932675": "hsmkeys key manifest",
+	"1.2.840.113549.1.7.1":       "data",
+	"1.2.840.113549.1.7.2":       "signed-data",
+	"1.2.840.113549.1.7.3":       "enveloped-data",
+	"1.2.840.113549.1.7.5":       "digested-data",
+	"1.2.840.113549.1.7.6":       "encrypted-data",
+	"1.2.840.113549.1.9.16.1.2":  "authenticated-data",
+	"1.2.840.113549.1.9.16.1.9":  "compressed-data",
+	"1.2.840.113549.1.9.16.1.23": "auth-enveloped-data",
+}
+
+func init() {
+	// The manifest is never the outer content type; named in case it is.
+	contentTypeNames[OIDKeyManifest.String()] = "hsmkeys key manifest"
 }
 
 func contentTypeError(der []byte) *ContentTypeError {

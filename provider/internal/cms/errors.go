@@ -59,11 +59,8 @@ var contentTypeNames = map[string]string{
 	"1.2.840.113549.1.9.16.1.2":  "authenticated-data",
 	"1.2.840.113549.1.9.16.1.9":  "compressed-data",
 	"1.2.840.113549.1.9.16.1.23": "auth-enveloped-data",
-}
-
-func init() {
 	// The manifest is never the outer content type; named in case it is.
-	contentTypeNames[OIDKeyManifest.String()] = "hsmkeys key manifest"
+	OIDKeyManifest.String(): "hsmkeys key manifest",
 }
 
 func contentTypeError(der []byte) *ContentTypeError {

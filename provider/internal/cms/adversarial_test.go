@@ -18,8 +18,8 @@ import (
 // builders write the DER by hand where the package's own writer would
 // refuse what they need.
 
-// adversarialHeader has the recipient every built message carries, so that the
-// message is well-formed apart from the part under test.
+// adversarialHeader carries the recipient of every built message, so that
+// the message is well-formed apart from the part under test.
 func adversarialHeader(t testing.TB) *Header {
 	kek, cek := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	return &Header{

@@ -36,6 +36,11 @@ var (
 	ErrPolicy = errors.New("key policy not enforced")
 	// ErrInvalidInput: an argument is malformed (nil, empty, wrong length).
 	ErrInvalidInput = errors.New("invalid input")
+	// ErrWrongKind: the input is well-formed but of another kind than the
+	// call takes: an encrypted message given to Import, an exported key
+	// given to Decrypt, a CMS message of another content type. The error,
+	// a *KindError, says what the input is.
+	ErrWrongKind = errors.New("wrong kind of input")
 	// ErrTokenUnavailable: the token is not present or the device was removed.
 	ErrTokenUnavailable = errors.New("token unavailable")
 	// ErrWrappedKeyInvalid: a wrapped key failed its integrity check, was

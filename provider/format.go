@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/subtle"
 	"encoding/asn1"
 	"encoding/hex"
@@ -47,17 +46,79 @@ type Options struct {
 	Armor bool
 }
 
+// KindError reports input of another kind than the call takes: an
+// encrypted message given to Import or Rewrap, an exported key given to
+// Decrypt, or a CMS message of another content type (signed data, say)
+// given to any of them. It matches ErrWrongKind.
+type KindError struct {
+	// Kind is what the input is: "message" (an encrypted message), "key"
+	// (an exported key), or a description of another kind of CMS.
+	Kind string
+	// Want is what the call takes: "message", "key", or "" for either.
+	Want string
+}
+
+func (e *KindError) Error() string {
+	var what string
+	switch e.Kind {
+	case "message":
+		what = "this is an encrypted message, not an exported key; use decrypt"
+	case "key":
+		what = "this is an exported key, not an encrypted message; use import"
+	default:
+		what = fmt.Sprintf("this is %s, not an hsmkeys message or exported key", e.Kind)
+	}
+	return fmt.Sprintf("%v: %s", ErrWrongKind, what)
+}
+
+func (e *KindError) Is(target error) bool { return target == ErrWrongKind }
+
 // mapCMS gives cms errors the provider's sentinels.
 func mapCMS(err error) error {
+	var cte *cms.ContentTypeError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &cte):
+		return &KindError{Kind: cmsKind(cte)}
 	case errors.Is(err, cms.ErrUnsupported):
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return unsupportedMessage{err}
 	case errors.Is(err, cms.ErrMalformed):
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return err
+}
+
+// unsupportedMessage is a message using a feature or a size hsmkeys does
+// not handle (an algorithm, unauthAttrs, more than 64 recipients or
+// attributes). It matches ErrUnsupported, but its text does not blame the
+// token as ErrUnsupported's does: the cms error says what it is.
+type unsupportedMessage struct{ err error }
+
+func (e unsupportedMessage) Error() string        { return e.err.Error() }
+func (e unsupportedMessage) Unwrap() error        { return e.err }
+func (e unsupportedMessage) Is(target error) bool { return target == ErrUnsupported }
+
+// cmsKind describes a CMS content type other than ours for a KindError.
+func cmsKind(e *cms.ContentTypeError) string {
+	if e.Name == e.OID {
+		return fmt.Sprintf("a cms message of content type %s", e.OID)
+	}
+	return fmt.Sprintf("a cms %s message (content type %s)", e.Name, e.OID)
+}
+
+// kindOf says what a header alone tells of a message: "message", "key", or
+// another kind of AuthEnvelopedData for a KindError. An id-data message
+// can still be an exported key (a version 2 manifest, see Export): that is
+// known only once it authenticates.
+func kindOf(h *cms.Header) string {
+	switch {
+	case h.ContentType.Equal(cms.OIDKeyManifest):
+		return "key"
+	case h.ContentType.Equal(cms.OIDData):
+		return "message"
+	}
+	return fmt.Sprintf("an authEnvelopedData of content type %v", h.ContentType)
 }
 
 func gcmOID(alg Algorithm) asn1.ObjectIdentifier {
@@ -242,70 +303,151 @@ func parseBlob(blob []byte) (*cms.Message, error) {
 	return m, mapCMS(err)
 }
 
-// unwrapRecipient unwraps the content-encryption key of h under the first
-// recipient whose KEK this token holds. None gives ErrNotFound naming the
-// identifiers in the message.
+// unwrapRecipient unwraps the content-encryption key of h under a recipient
+// whose KEK this token holds, trying each in the order of the message.
+// RFC 5652 §6.1 lets a message carry recipients a reader cannot use, in any
+// order, so a recipient that names no KEK here (not found, an identifier no
+// KEK of ours can have, a KEK without its unwrapping half) or whose KEK
+// fails it (ambiguous, refused by policy, a failed unwrap) does not stop
+// the search; openssl searches the same way. Errors of the token or the
+// context do. None usable gives the error of the first recipient that
+// failed, or ErrNotFound naming the identifiers in the message.
 func (p *Provider) unwrapRecipient(ctx context.Context, h *cms.Header, alg Algorithm) (*Key, *KEK, error) {
 	var ids []string
-	for _, r := range h.Recipients {
-		var (
-			kek *KEK
-			err error
-			w   = &WrappedKey{Algorithm: alg}
-		)
-		switch r := r.(type) {
-		case *cms.KEKRecipient:
-			ids = append(ids, "kek id "+hex.EncodeToString(r.KeyID))
-			switch {
-			case r.WrapAlg.Equal(cms.OIDAES128Wrap), r.WrapAlg.Equal(cms.OIDAES192Wrap), r.WrapAlg.Equal(cms.OIDAES256Wrap):
-				w.Mechanism = AESKeyWrap
-			default:
-				w.Mechanism = AESKeyWrapPad
-			}
-			w.KEKID, w.Bytes = r.KeyID, r.EncryptedKey
-			kek, err = p.KEKByID(ctx, r.KeyID)
-		case *cms.KeyTransRecipient:
-			ids = append(ids, "subject key id "+hex.EncodeToString(r.SubjectKeyID))
-			w.Mechanism = RSAOAEPSHA1
-			if r.Hash == crypto.SHA256 {
-				w.Mechanism = RSAOAEPSHA256
-			}
-			w.Bytes = r.EncryptedKey
-			kek, err = p.kekBySKI(ctx, r.SubjectKeyID)
-			if kek != nil {
-				w.KEKID = kek.ID
-			}
-		default:
-			continue
+	var first error
+	skis := &skiIndex{p: p}
+	for i, r := range h.Recipients {
+		k, kek, id, err := p.tryRecipient(ctx, r, alg, skis)
+		if err == nil {
+			return k, kek, nil
 		}
-		if errors.Is(err, ErrNotFound) || (err == nil && !kek.CanUnwrap()) {
-			continue
+		if id != "" {
+			ids = append(ids, id)
 		}
-		if err != nil {
+		if !recipientSkippable(err) {
 			return nil, nil, err
 		}
-		if err := validWrapped(w); err != nil {
-			return nil, nil, err
+		if first == nil && !errors.Is(err, ErrNotFound) {
+			first = err
+			if len(h.Recipients) > 1 {
+				first = fmt.Errorf("recipient %d of %d (%s): %w", i+1, len(h.Recipients), id, err)
+			}
 		}
-		k, err := p.unwrapUnder(ctx, w, kek)
-		return k, kek, err
+	}
+	if first != nil {
+		return nil, nil, first
 	}
 	return nil, nil, fmt.Errorf("%w: no kek on token %q for any recipient (%s)", ErrNotFound, p.token.Label, strings.Join(ids, ", "))
 }
 
-// kekBySKI finds the RSA KEK whose subject key identifier is ski.
-func (p *Provider) kekBySKI(ctx context.Context, ski []byte) (*KEK, error) {
-	if k := p.keks.get(append([]byte("ski:"), ski...)); k != nil {
+// recipientSkippable reports whether err, from trying one recipient, is
+// about that recipient only, so that the next one may still work.
+func recipientSkippable(err error) bool {
+	for _, s := range []error{ErrNotFound, ErrInvalidInput, ErrPolicy, ErrWrappedKeyInvalid, ErrUnsupported} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// tryRecipient unwraps under one recipient. id names the recipient for an
+// error message; it is empty for a recipient hsmkeys cannot use at all.
+func (p *Provider) tryRecipient(ctx context.Context, r cms.Recipient, alg Algorithm, skis *skiIndex) (k *Key, kek *KEK, id string, err error) {
+	w := &WrappedKey{Algorithm: alg}
+	switch r := r.(type) {
+	case *cms.KEKRecipient:
+		id = "kek id " + shortHex(r.KeyID)
+		switch {
+		case r.WrapAlg.Equal(cms.OIDAES128Wrap), r.WrapAlg.Equal(cms.OIDAES192Wrap), r.WrapAlg.Equal(cms.OIDAES256Wrap):
+			w.Mechanism = AESKeyWrap
+		default:
+			w.Mechanism = AESKeyWrapPad
+		}
+		w.KEKID, w.Bytes = r.KeyID, r.EncryptedKey
+		kek, err = p.KEKByID(ctx, r.KeyID)
+		if errors.Is(err, ErrInvalidInput) {
+			// An identifier no KEK can have (KEKByID takes up to 256
+			// bytes, RFC 5652 sets no bound) names no KEK here.
+			err = fmt.Errorf("%w: no kek has an id of %d bytes", ErrNotFound, len(r.KeyID))
+		}
+	case *cms.KeyTransRecipient:
+		id = "subject key id " + shortHex(r.SubjectKeyID)
+		w.Mechanism = RSAOAEPSHA1
+		if r.Hash == crypto.SHA256 {
+			w.Mechanism = RSAOAEPSHA256
+		}
+		w.Bytes = r.EncryptedKey
+		kek, err = skis.find(ctx, r.SubjectKeyID)
+		if kek != nil {
+			w.KEKID = kek.ID
+		}
+	default:
+		return nil, nil, "", fmt.Errorf("%w: a recipient hsmkeys does not use", ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, id, err
+	}
+	if !kek.CanUnwrap() {
+		return nil, nil, id, fmt.Errorf("%w: %v has no unwrapping half on this token", ErrNotFound, kek)
+	}
+	if err := validWrapped(w); err != nil {
+		return nil, nil, id, err
+	}
+	k, err = p.unwrapUnder(ctx, w, kek)
+	return k, kek, id, err
+}
+
+// shortHex formats an identifier from a message for an error, cut short:
+// a message may carry 64 recipients with 1 KiB identifiers.
+func shortHex(b []byte) string {
+	if len(b) > 32 {
+		return fmt.Sprintf("%s... (%d bytes)", hex.EncodeToString(b[:32]), len(b))
+	}
+	return hex.EncodeToString(b)
+}
+
+// skiIndex finds RSA KEKs by subject key identifier during one recipient
+// search. The token's KEKs are listed at most once per search, not once
+// per recipient: a message may name 64 RSA keys that are not here.
+type skiIndex struct {
+	p      *Provider
+	listed bool
+	keks   []*KEK
+	skis   [][]byte
+}
+
+// find returns the RSA KEK whose subject key identifier is ski.
+func (x *skiIndex) find(ctx context.Context, ski []byte) (*KEK, error) {
+	key := append([]byte("ski:"), ski...)
+	if k := x.p.keks.get(key); k != nil {
 		return k, nil
 	}
-	k, err := p.KEKByPublicKey(ctx, func(pub *rsa.PublicKey) bool {
-		return bytes.Equal(cms.SubjectKeyID(pub), ski)
-	})
-	if err != nil {
-		return nil, err
+	if !x.listed {
+		ks, err := x.p.KEKs(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range ks {
+			if pub := k.PublicKey(); pub != nil {
+				x.keks = append(x.keks, k)
+				x.skis = append(x.skis, cms.SubjectKeyID(pub))
+			}
+		}
+		x.listed = true
 	}
-	p.keks.putAs(append([]byte("ski:"), ski...), k)
-	return k, nil
+	for i, s := range x.skis {
+		if bytes.Equal(s, ski) {
+			k := x.keks[i]
+			if err := k.usable(); err != nil {
+				return nil, err
+			}
+			x.p.keks.put(k)
+			x.p.keks.putAs(key, k)
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no rsa kek with that public key", ErrNotFound)
 }
 
 // Import brings an exported key back into the token as a session key. It
@@ -331,8 +473,8 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 	// An exported key is id-data holding a version 2 manifest, which names
 	// its type; before, the content type was the manifest's (version 1).
 	legacy := h.ContentType.Equal(cms.OIDKeyManifest)
-	if !legacy && !h.ContentType.Equal(cms.OIDData) || !legacy && m.ContentLen > 4096 {
-		return nil, fmt.Errorf("%w: not an exported key (content type %v, %d bytes); use Decrypt for messages", ErrUnsupported, h.ContentType, m.ContentLen)
+	if !legacy && (!h.ContentType.Equal(cms.OIDData) || m.ContentLen > 4096) {
+		return nil, &KindError{Kind: kindOf(h), Want: "key"}
 	}
 	if err := checkContext(h, o.Context); err != nil {
 		return nil, err
@@ -370,7 +512,7 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 		if manifest, err = cms.ParseManifest(pt); err != nil || !legacy && manifest.Version != cms.ManifestVersion {
 			if !legacy {
 				// Authentic, but not a manifest: a message.
-				return fmt.Errorf("%w: not an exported key (the content is no key manifest); use Decrypt for messages", ErrUnsupported)
+				return &KindError{Kind: "message", Want: "key"}
 			}
 			return mapCMS(err)
 		}
@@ -386,6 +528,9 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 		}
 		return nil
 	})
+	if ke := (*KindError)(nil); errors.As(err, &ke) {
+		return nil, ke // authentic, but a message: say so plainly
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -184,12 +184,12 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 	var msg bytes.Buffer
 	require.NoError(t, p.Encrypt(bg, &msg, bytes.NewReader([]byte("hi")), 2, []*KEK{fk.aes256}, Options{}))
 	_, err = p.Import(bg, msg.Bytes(), Options{})
-	require.ErrorIs(t, err, ErrUnsupported)
+	require.ErrorIs(t, err, ErrWrongKind)
 	// Nor is a key a message, though it is id-data (so that any OpenSSL 3
 	// opens it): Decrypt finds the manifest once the content authenticates,
 	// and writes nothing.
 	var man countingWriter
-	require.ErrorIs(t, p.Decrypt(bg, &man, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrUnsupported)
+	require.ErrorIs(t, p.Decrypt(bg, &man, bytes.NewReader(blob), int64(len(blob)), Options{}), ErrWrongKind)
 	assert.Zero(t, man.n)
 
 	for name, in := range map[string][]byte{
@@ -208,7 +208,7 @@ func TestImportRejectsBadBlobs(t *testing.T) {
 // isTyped reports whether err carries one of the sentinels a caller of
 // Import or Decrypt branches on.
 func isTyped(err error) bool {
-	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput, ErrPolicy} {
+	for _, s := range []error{ErrMalformed, ErrUnsupported, ErrWrongKind, ErrWrappedKeyInvalid, ErrAuthentication, ErrNotFound, ErrContext, ErrInvalidInput, ErrPolicy} {
 		if errors.Is(err, s) {
 			return true
 		}
@@ -363,7 +363,7 @@ func TestImportLegacyForm(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, k.ID(), back.ID())
 		assert.Equal(t, k.Created(), back.Created())
-		require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(old), int64(len(old)), Options{Context: ectx}), ErrUnsupported,
+		require.ErrorIs(t, p.Decrypt(bg, io.Discard, bytes.NewReader(old), int64(len(old)), Options{Context: ectx}), ErrWrongKind,
 			"a legacy key is no message")
 
 		blob, err := p.Export(bg, k, []*KEK{fk.aes256}, Options{Context: ectx})

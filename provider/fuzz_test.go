@@ -60,8 +60,18 @@ func FuzzPublicInputs(f *testing.F) {
 	require.NoError(f, err)
 	w, err := p.Wrap(bg, k, kek)
 	require.NoError(f, err)
+	// Inputs of the sizes and shapes that cost most (issue 12): a message
+	// with 88,000 authenticated attributes in 1 MiB, and 256 KiB of
+	// content in 1-byte pieces.
+	var der, pieces bytes.Buffer
+	require.NoError(f, p.Encrypt(bg, &der, strings.NewReader("fuzz me"), 7, []*KEK{kek}, Options{}))
+	bomb := withAuthAttrs(f, der.Bytes(), 88000)
+	der.Reset()
+	require.NoError(f, p.Encrypt(bg, &der, bytes.NewReader(make([]byte, 256<<10)), 256<<10, []*KEK{kek}, Options{}))
+	reencodePieces(f, &pieces, der.Bytes(), 1)
 	for _, seed := range [][]byte{nil, {0}, {0x30}, {0x30, 0x80}, {0x30, 0x84, 0xff, 0xff, 0xff, 0xff}, blob, blob[:len(blob)/2],
-		msg.Bytes(), msg.Bytes()[:40], sealed, w.Bytes, []byte("-----BEGIN CMS-----\n"), bytes.Repeat([]byte{0xff}, 600)} {
+		msg.Bytes(), msg.Bytes()[:40], sealed, w.Bytes, []byte("-----BEGIN CMS-----\n"), bytes.Repeat([]byte{0xff}, 600),
+		bomb, pieces.Bytes()} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {

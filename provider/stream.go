@@ -247,11 +247,8 @@ func unarmorToTemp(r io.Reader) (f *os.File, n int64, done func(), err error) {
 
 func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) error {
 	h := m.Header
-	if h.ContentType.Equal(cms.OIDKeyManifest) {
-		return fmt.Errorf("%w: this is an exported key; use Import", ErrUnsupported)
-	}
-	if !h.ContentType.Equal(cms.OIDData) {
-		return fmt.Errorf("%w: content type %v", ErrUnsupported, h.ContentType)
+	if kind := kindOf(h); kind != "message" {
+		return &KindError{Kind: kind, Want: "message"}
 	}
 	if h.ICVLen != 0 && h.ICVLen != p11.TagSize {
 		return fmt.Errorf("%w: a %d-byte gcm tag (hsmkeys checks 16-byte tags)", ErrUnsupported, h.ICVLen)
@@ -297,7 +294,7 @@ func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m 
 	}
 	if isExportedKey(pt) {
 		clear(pt)
-		return fmt.Errorf("%w: this is an exported key; use Import", ErrUnsupported)
+		return &KindError{Kind: "key", Want: "message"}
 	}
 	_, err = dst.Write(pt)
 	clear(pt)

@@ -76,7 +76,10 @@ func hints(err error) []string {
 	}
 	var pe *provider.PINError
 	var tnf *provider.TokenNotFoundError
+	var ke *provider.KindError
 	switch {
+	case errors.As(err, &ke):
+		return []string{kindHint(ke)}
 	case errors.As(err, &pe):
 		return []string{pinHint(pe)}
 	case errors.As(err, &tnf):
@@ -107,6 +110,17 @@ func hints(err error) []string {
 
 // busyHint is for a token that failed calls which succeed when repeated.
 const busyHint = "the token was found but kept failing while other processes used it (SoftHSM's file store is not safe for that, SoftHSMv2 #757); try again"
+
+// kindHint names what the input is and the command that takes it.
+func kindHint(e *provider.KindError) string {
+	switch e.Kind {
+	case "message":
+		return "it is an encrypted message: 'hsmkeys decrypt -i FILE' opens it"
+	case "key":
+		return "it is an exported key: 'hsmkeys key inspect FILE' describes it, 'hsmkeys key rewrap' re-wraps it"
+	}
+	return "hsmkeys reads the messages of 'hsmkeys encrypt' and the keys of 'hsmkeys key new' (CMS authEnvelopedData); 'openssl cms -cmsout -print -inform DER -in FILE' shows what this is"
+}
 
 func pinHint(pe *provider.PINError) string {
 	if pe.Locked {

@@ -24,8 +24,34 @@ type Attribute struct {
 	Values [][]byte
 }
 
-// maxAuthAttrsLen bounds the encoded authAttrs.
-const maxAuthAttrsLen = 1 << 20
+// Limits on authAttrs. hsmkeys writes two attributes (content type and
+// encryption context); OpenSSL writes none or one. The count is capped so
+// that a 1 MiB authAttrs of tiny attributes is refused at once (issue 12).
+const (
+	maxAuthAttrsLen = 1 << 20 // encoded
+	maxAttrs        = 64      // attributes
+)
+
+// compareAttr orders attribute encodings and types. It is a variable only
+// so that tests can count the comparisons made.
+var compareAttr = bytes.Compare
+
+// duplicate returns the index of an element of keys equal to an earlier
+// one in sorted order, or -1: O(n log n) comparisons, not the O(n²) of
+// comparing every pair.
+func duplicate(keys [][]byte) int {
+	idx := make([]int, len(keys))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return compareAttr(keys[a], keys[b]) })
+	for i := 1; i < len(idx); i++ {
+		if compareAttr(keys[idx[i-1]], keys[idx[i]]) == 0 {
+			return idx[i]
+		}
+	}
+	return -1
+}
 
 // ContentTypeAttr returns the content-type attribute (RFC 5652 §11.1) for
 // contentType; the zero OID stands for id-data. RFC 5083 §2.1 requires it
@@ -127,17 +153,26 @@ func FindAttr(attrs []Attribute, t x509.OID) (Attribute, bool) {
 // attributes, and the values within each, in increasing order of their
 // encodings (X.690 §11.6).
 func marshalAttrs(attrs []Attribute) ([]byte, error) {
+	if len(attrs) > maxAttrs {
+		return nil, fmt.Errorf("cms: %d authenticated attributes, at most %d allowed", len(attrs), maxAttrs)
+	}
 	encs := make([][]byte, 0, len(attrs))
+	types := make([][]byte, len(attrs))
 	for i, a := range attrs {
 		t := oidContents(a.Type)
 		if t == nil {
 			return nil, errors.New("cms: attribute without type")
 		}
-		for _, prev := range attrs[:i] {
-			if prev.Type.Equal(a.Type) {
-				return nil, fmt.Errorf("cms: attribute %s given twice", a.Type)
-			}
+		if checkOID("", t) != nil {
+			return nil, fmt.Errorf("cms: attribute type %s beyond the limits on object identifiers", oidString(t))
 		}
+		types[i] = t
+	}
+	if i := duplicate(types); i >= 0 {
+		return nil, fmt.Errorf("cms: attribute %s given twice", oidString(types[i]))
+	}
+	for i, a := range attrs {
+		t := types[i]
 		if len(a.Values) == 0 {
 			return nil, fmt.Errorf("cms: attribute %s has no value", a.Type)
 		}
@@ -151,7 +186,7 @@ func marshalAttrs(attrs []Attribute) ([]byte, error) {
 			}
 			vals[j] = v
 		}
-		slices.SortFunc(vals, bytes.Compare)
+		slices.SortFunc(vals, compareAttr)
 		b := cryptobyte.NewBuilder(nil)
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(b *cryptobyte.Builder) { b.AddBytes(t) })
@@ -167,7 +202,7 @@ func marshalAttrs(attrs []Attribute) ([]byte, error) {
 		}
 		encs = append(encs, enc)
 	}
-	slices.SortFunc(encs, bytes.Compare)
+	slices.SortFunc(encs, compareAttr)
 	out := bytes.Join(encs, nil)
 	if len(out) > maxAuthAttrsLen {
 		return nil, fmt.Errorf("cms: authenticated attributes exceed %d bytes", maxAuthAttrsLen)
@@ -179,12 +214,19 @@ func marshalAttrs(attrs []Attribute) ([]byte, error) {
 // that they were DER by re-encoding.
 func parseAttrs(s cryptobyte.String) ([]Attribute, error) {
 	var attrs []Attribute
+	var types [][]byte
 	for !s.Empty() {
+		if len(attrs) == maxAttrs {
+			return nil, unsupported("more than %d authenticated attributes", maxAttrs)
+		}
 		var a, t, vals cryptobyte.String
 		if !s.ReadASN1(&a, cbasn1.SEQUENCE) ||
 			!a.ReadASN1(&t, cbasn1.OBJECT_IDENTIFIER) ||
 			!a.ReadASN1(&vals, cbasn1.SET) || !a.Empty() {
 			return nil, malformed("bad attribute")
+		}
+		if err := checkOID("attribute type", t); err != nil {
+			return nil, err
 		}
 		oid, ok := oidFromDER(t)
 		if !ok {
@@ -202,10 +244,11 @@ func parseAttrs(s cryptobyte.String) ([]Attribute, error) {
 		if len(attr.Values) == 0 {
 			return nil, malformed("attribute %s has no value", oid)
 		}
-		if _, dup := FindAttr(attrs, oid); dup {
-			return nil, malformed("attribute %s given twice", oid)
-		}
 		attrs = append(attrs, attr)
+		types = append(types, t)
+	}
+	if i := duplicate(types); i >= 0 {
+		return nil, malformed("attribute %s given twice", attrs[i].Type)
 	}
 	return attrs, nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,20 +28,33 @@ func FuzzParse(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s)
 	}
+	// The costly shapes of issue 12 at sizes mutation can work on;
+	// FuzzParseShapes takes them to MiB sizes.
+	f.Add(manyAttrsMessage(f, maxAttrs))
+	f.Add(manyAttrsMessage(f, maxAttrs+1))
+	f.Add(piecesMessage(f, 4096, 1))
+	f.Add(hugeArcRecipientMessage(f, 1000))
+	f.Add(hugeArcAttrMessage(f, 21))
+	f.Add(deepMessage(f, 100))
+	f.Add(manyRecipientsMessage(f, maxRecipients))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := Parse(bytes.NewReader(b), int64(len(b)))
+		cr := &countingReaderAt{r: bytes.NewReader(b)}
+		m, err := Parse(cr, int64(len(b)))
 		if err != nil {
 			checkSentinel(t, err)
+			checkReads(t, cr, len(b))
 			return
 		}
 		ct, err := io.ReadAll(m.Content())
 		if err != nil {
 			t.Fatalf("content of a parsed message: %v", err)
 		}
+		checkReads(t, cr, len(b))
 		if int64(len(ct)) != m.ContentLen {
 			t.Fatalf("content is %d bytes, ContentLen %d", len(ct), m.ContentLen)
 		}
 		var total int64
+		var fromRanges []byte
 		for r, err := range m.ContentRanges() {
 			if err != nil {
 				t.Fatal(err)
@@ -49,9 +63,15 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("bad range %+v", r)
 			}
 			total += r.Len
+			fromRanges = append(fromRanges, b[r.Off:r.Off+r.Len]...)
 		}
 		if total != m.ContentLen {
 			t.Fatalf("ranges add up to %d, ContentLen %d", total, m.ContentLen)
+		}
+		// Content's fast path over small pieces reads what the ranges,
+		// found by the general loop, say.
+		if !bytes.Equal(fromRanges, ct) {
+			t.Fatal("content differs from the bytes of its ranges")
 		}
 		if m.RawAuthAttrs != nil && !bytes.Equal(m.RawAuthAttrs[1:], m.Header.AAD()[1:]) {
 			t.Fatal("AAD differs from the authAttrs in the input")
@@ -89,6 +109,76 @@ func FuzzParse(f *testing.F) {
 		out3, err := Marshal(m3.Header, readAll(t, m3.Content()), m3.MAC)
 		if err != nil || !bytes.Equal(out, out3) {
 			t.Fatalf("BER re-encoding differs: %v", err)
+		}
+	})
+}
+
+// checkReads fails if parsing and one pass over the content made more
+// ReadAt calls than a constant per message plus one per window of input
+// (issue 12: one per content segment per pass).
+func checkReads(t *testing.T, cr *countingReaderAt, size int) {
+	t.Helper()
+	if max := int64(64 + 4*size/windowSize); cr.calls.Load() > max {
+		t.Fatalf("%d ReadAt calls for %d bytes (at most %d)", cr.calls.Load(), size, max)
+	}
+}
+
+// FuzzParseShapes builds messages of the shapes that cost the most per
+// byte (issue 12), at sizes up to a few MiB that mutating FuzzParse's
+// inputs does not reach, changes up to 16 bytes of each (tail XORed in
+// from offset at), and checks that each is parsed or refused with a typed
+// error, with reads and attribute comparisons bounded by its size.
+func FuzzParseShapes(f *testing.F) {
+	f.Add(uint8(0), uint32(88000), uint32(0), uint32(0), []byte{})    // attributes in 1 MiB
+	f.Add(uint8(0), uint32(maxAttrs), uint32(0), uint32(0), []byte{}) // as many as allowed
+	f.Add(uint8(1), uint32(900<<10), uint32(0), uint32(0), []byte{})  // OID arc in an attribute type
+	f.Add(uint8(2), uint32(900<<10), uint32(0), uint32(0), []byte{})  // OID arc in a recipient
+	f.Add(uint8(3), uint32(1<<20), uint32(1), uint32(0), []byte{})    // 1-byte content pieces
+	f.Add(uint8(3), uint32(1<<20), uint32(4095), uint32(0), []byte{})
+	f.Add(uint8(4), uint32(1<<19), uint32(0), uint32(0), []byte{})      // nesting
+	f.Add(uint8(5), uint32(150000), uint32(0), uint32(0), []byte{})     // recipients
+	f.Add(uint8(3), uint32(100000), uint32(1), uint32(5000), []byte{4}) // a piece header changed
+	f.Fuzz(func(t *testing.T, shape uint8, n, m, at uint32, tail []byte) {
+		var in []byte
+		switch shape % 6 {
+		case 0:
+			in = manyAttrsMessage(t, 1+int(n%100000))
+		case 1:
+			in = hugeArcAttrMessage(t, 1+int(n%(1<<20)))
+		case 2:
+			in = hugeArcRecipientMessage(t, 1+int(n%(1<<20)))
+		case 3:
+			in = piecesMessage(t, int(n%(2<<20)), 1+int(m%(64<<10)))
+		case 4:
+			in = deepMessage(t, int(n%(1<<19)))
+		case 5:
+			in = manyRecipientsMessage(t, 1+int(n%150000))
+		}
+		for i, c := range tail[:min(len(tail), 16)] {
+			in[(int(at)+i)%len(in)] ^= c
+		}
+		var compares atomic.Int64
+		compareAttr = func(a, b []byte) int { compares.Add(1); return bytes.Compare(a, b) }
+		defer func() { compareAttr = bytes.Compare }()
+		cr := &countingReaderAt{r: bytes.NewReader(in)}
+		msg, err := Parse(cr, int64(len(in)))
+		if err == nil {
+			if _, err := io.Copy(io.Discard, msg.Content()); err != nil {
+				checkSentinel(t, err)
+			}
+			if len(msg.Header.AuthAttrs) > maxAttrs {
+				t.Fatalf("%d attributes parsed", len(msg.Header.AuthAttrs))
+			}
+		} else {
+			checkSentinel(t, err)
+			if len(err.Error()) > 1024 {
+				t.Fatalf("error of %d bytes", len(err.Error()))
+			}
+		}
+		checkReads(t, cr, len(in))
+		// At most maxAttrs attributes are compared, O(n log n) times.
+		if max := int64(4 * maxAttrs * 7); compares.Load() > max {
+			t.Fatalf("%d attribute comparisons (at most %d)", compares.Load(), max)
 		}
 	})
 }

@@ -71,7 +71,7 @@ func Parse(r io.ReaderAt, size int64) (*Message, error) {
 		return nil, err
 	}
 	if !bytes.Equal(oid.contents, derAuthEnveloped) {
-		return nil, unsupported("content type %s", oidString(oid.contents))
+		return nil, contentTypeError(oid.contents)
 	}
 	explicit, err := p.expect(oid.end(), fCI, tagCtx0Con, "ContentInfo content")
 	if err != nil {
@@ -166,7 +166,7 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 		return 0, malformed("no recipients")
 	}
 	if len(unknown) == len(h.Recipients) {
-		return 0, unsupported("no supported recipient: %s", strings.Join(unknown, "; "))
+		return 0, unsupported("no supported recipient: %s", summarize(unknown))
 	}
 	pos = t.end()
 
@@ -230,10 +230,34 @@ func (m *Message) parseAuthEnvelopedData(p *reader, pos int64, fA frame) (int64,
 	return pos, nil
 }
 
+// summarize joins reasons, each once with a count, without the sentinel's
+// text each repeats: 64 recipients give one short line.
+func summarize(reasons []string) string {
+	prefix := ErrUnsupported.Error() + ": "
+	var order []string
+	count := map[string]int{}
+	for _, r := range reasons {
+		r = strings.TrimPrefix(r, prefix)
+		if count[r] == 0 {
+			order = append(order, r)
+		}
+		count[r]++
+	}
+	for i, r := range order {
+		if n := count[r]; n > 1 {
+			order[i] = fmt.Sprintf("%s (%d times)", r, n)
+		}
+	}
+	return strings.Join(order, "; ")
+}
+
 func (m *Message) parseEncryptedContentInfo(p *reader, pos int64, fE frame) (int64, error) {
 	h := m.Header
 	ct, err := p.small(pos, fE, tagOID, "content type")
 	if err != nil {
+		return 0, err
+	}
+	if err := checkOID("content type", ct.contents); err != nil {
 		return 0, err
 	}
 	oid, ok := oidFromDER(ct.contents)
@@ -267,6 +291,7 @@ func (m *Message) parseEncryptedContentInfo(p *reader, pos int64, fE frame) (int
 	m.content, m.contentLimit = t, fE.end
 	it := newSegIter(p, t, fE)
 	for {
+		m.ContentLen += int64(it.run(nil))
 		seg, ok, err := it.next()
 		if err != nil {
 			return 0, err
@@ -348,9 +373,11 @@ func (m *Message) parseAuthAttrs(p *reader, t tl) error {
 }
 
 // Content returns a reader of the encrypted content. Each call returns a
-// new reader starting at the beginning.
+// new reader starting at the beginning. It reads the input through a
+// window, so a content in many small segments costs one ReadAt per window,
+// not one per segment (issue 12).
 func (m *Message) Content() io.Reader {
-	return &contentReader{r: m.r, it: m.segments()}
+	return &contentReader{it: m.segments()}
 }
 
 // ContentRanges yields the byte ranges of the input that hold the
@@ -378,43 +405,58 @@ func (m *Message) segments() *segIter {
 }
 
 type contentReader struct {
-	r        io.ReaderAt
 	it       *segIter
 	cur, end int64
 	err      error
 }
 
+// Read fills b from as many segments as it takes.
 func (c *contentReader) Read(b []byte) (int, error) {
-	for c.cur == c.end {
-		if c.err != nil {
+	n := 0
+	for n < len(b) {
+		if c.cur == c.end {
+			if c.err == nil {
+				if k := c.it.run(b[n:]); k > 0 {
+					n += k
+					continue
+				}
+			}
+			if c.err == nil {
+				seg, ok, err := c.it.next()
+				switch {
+				case err != nil:
+					c.err = err
+				case !ok:
+					c.err = io.EOF
+				default:
+					c.cur, c.end = seg.Off, seg.Off+seg.Len
+					continue
+				}
+			}
+			if n > 0 {
+				return n, nil
+			}
 			return 0, c.err
 		}
-		seg, ok, err := c.it.next()
-		switch {
-		case err != nil:
-			c.err = err
-		case !ok:
-			c.err = io.EOF
-		default:
-			c.cur, c.end = seg.Off, seg.Off+seg.Len
+		k := min(int64(len(b)-n), c.end-c.cur)
+		if p := c.it.p; c.cur >= p.winOff && c.cur+k <= p.winOff+int64(len(p.win)) {
+			// The window holds it: no call, and no memmove for a byte.
+			if w := p.win[c.cur-p.winOff:]; k == 1 {
+				b[n] = w[0]
+			} else {
+				copy(b[n:n+int(k)], w)
+			}
+		} else if err := p.read(b[n:n+int(k)], c.cur); err != nil {
+			c.err, c.end = err, c.cur
+			return n, err
 		}
+		c.cur += k
+		n += int(k)
 	}
-	if len(b) == 0 {
-		return 0, nil
+	if n == 0 && c.cur == c.end && c.err != nil {
+		return 0, c.err
 	}
-	if int64(len(b)) > c.end-c.cur {
-		b = b[:c.end-c.cur]
-	}
-	n, err := c.r.ReadAt(b, c.cur)
-	c.cur += int64(n)
-	if n == len(b) {
-		return n, nil
-	}
-	if err == io.EOF || err == nil {
-		err = io.ErrUnexpectedEOF
-	}
-	c.err = err
-	return n, err
+	return n, nil
 }
 
 // tl is a parsed identifier and length.
@@ -450,7 +492,9 @@ type reader struct {
 	winOff int64
 }
 
-const windowSize = 4096
+// windowSize is the size of the reads behind peek and small reads: a
+// header or a small segment costs no ReadAt of its own.
+const windowSize = 32 << 10
 
 // peek returns up to n bytes at off, fewer only at the end of the input.
 func (p *reader) peek(off int64, n int) ([]byte, error) {
@@ -477,6 +521,30 @@ func (p *reader) peek(off int64, n int) ([]byte, error) {
 		n = len(w)
 	}
 	return w[:n], nil
+}
+
+// read fills b from off: through the window when b is smaller than it,
+// straight from the input otherwise.
+func (p *reader) read(b []byte, off int64) error {
+	if len(b) < windowSize {
+		w, err := p.peek(off, len(b))
+		if err != nil {
+			return err
+		}
+		if len(w) < len(b) {
+			return malformed("input shorter than its size")
+		}
+		copy(b, w)
+		return nil
+	}
+	k, err := p.r.ReadAt(b, off)
+	if k < len(b) {
+		if err == nil || err == io.EOF {
+			return malformed("input shorter than its size")
+		}
+		return fmt.Errorf("cms: reading input: %w", err)
+	}
+	return nil
 }
 
 // readAt reads n bytes at off into a new slice; the caller bounds n.
@@ -638,6 +706,47 @@ func newSegIter(p *reader, t tl, parent frame) *segIter {
 		it.stack = []frame{t.enter(parent)}
 	}
 	return it
+}
+
+// run is next's fast path for content in small pieces: while the next
+// element is a non-empty primitive OCTET STRING with a short-form length,
+// wholly inside the window and its container, it takes it without
+// readTL, a few instructions a piece. It copies the contents into b (stopping
+// before a piece that does not fit), or with b nil only counts them, and
+// returns the number of bytes. Anything else is left to next's general
+// loop, which decides the same way for these elements.
+func (it *segIter) run(b []byte) int {
+	n := len(it.stack)
+	if n == 0 {
+		return 0
+	}
+	end := it.stack[n-1].end
+	w, base := it.p.win, it.p.winOff
+	pos, k := it.pos, 0
+	for {
+		off := pos - base
+		if off < 0 || off+2 > int64(len(w)) {
+			break
+		}
+		l := int64(w[off+1])
+		if w[off] != tagOctetString || l == 0 || l >= 0x80 || pos+2+l > end || off+2+l > int64(len(w)) {
+			break
+		}
+		if b != nil {
+			if int(l) > len(b)-k {
+				break
+			}
+			if l == 1 {
+				b[k] = w[off+2]
+			} else {
+				copy(b[k:k+int(l)], w[off+2:])
+			}
+		}
+		k += int(l)
+		pos += 2 + l
+	}
+	it.pos = pos
+	return k
 }
 
 var errDepth = unsupported("encryptedContent nested deeper than %d", maxDepth)

@@ -378,12 +378,4 @@ func oidDERorNil(o asn1.ObjectIdentifier) []byte {
 	return b
 }
 
-// oidString formats OID contents for an error message.
-func oidString(der []byte) string {
-	if o, ok := oidFromDER(der); ok {
-		return o.String()
-	}
-	return fmt.Sprintf("%x", der)
-}
-
 var errNoRecipients = errors.New("cms: no recipients")

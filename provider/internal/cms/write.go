@@ -145,6 +145,9 @@ func (h *Header) encode() (*encodedHeader, error) {
 	e.recipients = bytes.Join(encs, nil)
 
 	ct := contentTypeDER(h.ContentType)
+	if checkOID("", ct) != nil {
+		return nil, fmt.Errorf("cms: content type %s beyond the limits on object identifiers", oidString(ct))
+	}
 	e.ct = appendTLV(nil, tagOID, ct)
 
 	b := cryptobyte.NewBuilder(nil)

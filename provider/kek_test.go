@@ -743,13 +743,23 @@ func TestDoctor(t *testing.T) {
 	for _, c := range checks {
 		byName[c.Name] = c
 	}
-	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template", "session key", "kek " + good.Label + " v1"} {
+	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template",
+		"aes kek mechanisms", "rsa kek mechanisms", "session key attributes", "session key", "kek " + good.Label + " v1"} {
 		require.Contains(t, byName, name)
 		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
+		assert.False(t, byName[name].Unchecked, "%s: %s", name, byName[name].Detail)
 	}
-	bad := byName["kek "+label+" v0"]
-	assert.False(t, bad.OK)
-	assert.Contains(t, bad.Detail, "CKA_ENCRYPT")
+	// SoftHSM: the profile and an AES KEK are stated plainly.
+	assert.True(t, byName["token profile"].Warning)
+	assert.Contains(t, byName["token profile"].Detail, "stored in clear at rest")
+	assert.True(t, byName["kek "+good.Label+" v1"].Warning)
+	assert.Contains(t, byName["kek "+good.Label+" v1"].Detail, "EXPOSED AT REST")
+	// An untrusted object with a label is not a KEK: a warning, apart.
+	assert.NotContains(t, byName, "kek "+label+" v0")
+	bad := byName["foreign object "+label]
+	assert.True(t, bad.OK)
+	assert.True(t, bad.Warning)
+	assert.Contains(t, bad.Detail, "not CKA_TRUSTED")
 	before := raw.sessionKeys(t)
 	_, err = p.Doctor(bg)
 	require.NoError(t, err)

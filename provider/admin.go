@@ -328,13 +328,23 @@ var ErrVersionConflict = errors.New("kek version taken concurrently")
 // createVersion makes the next version of name with mk, which creates
 // every object of the KEK with this ID (and removes what it made when it
 // fails, or says what it left). Two processes can pick the same version at
-// once, and PKCS#11 has no create-if-absent: so after making its objects,
-// each looks for another KEK of the same name and version, and on finding
-// one destroys its own and tries the next version. Of two that clash at
+// once, and PKCS#11 has no create-if-absent. Processes of one user on one
+// host take turns under a lock file (lockKEKNames). Beyond that, after
+// making its objects each looks for another KEK of the same name and
+// version, and on finding one destroys its own and tries the next version:
+// on a token whose view of objects is consistent, of two that clash at
 // least the later one sees the other (its objects exist before it looks),
 // so two never both keep a version; when both see each other both retry,
-// after a random pause that breaks the tie.
+// after a random pause that breaks the tie. SoftHSM's view across processes
+// lags, which is why the lock is there.
 func (a *Admin) createVersion(ctx context.Context, name string, mk func(id []byte) error) (*KEK, error) {
+	if testHookVersionChosen != nil {
+		testHookVersionChosen()
+	}
+	// Processes of this user on this host take turns (see lockKEKNames);
+	// without the lock the rival check below still runs.
+	unlock, _ := lockKEKNames(a.token.Serial)
+	defer unlock()
 	for attempt := 0; attempt < maxVersionAttempts; attempt++ {
 		id, err := a.nextID(ctx, name)
 		if err != nil {
@@ -345,8 +355,12 @@ func (a *Admin) createVersion(ctx context.Context, name string, mk func(id []byt
 		}
 		ks, _, err := a.keks(ctx, name, nil)
 		if err != nil {
-			return nil, fmt.Errorf("kek %q version %d (id %s) was made, but checking that no one else made that version failed: %w",
-				name, p11.KEKVersion(id), hex.EncodeToString(id), err)
+			// Unchecked, it might share its version with another: remove it.
+			if derr := a.destroyID(context.WithoutCancel(ctx), id); derr != nil {
+				return nil, fmt.Errorf("kek %q version %d (id %s) was made, but checking that no one else made that version failed (%w), and removing it failed: %w; remove it with 'hsmkeys kek destroy --label %s --id %s'",
+					name, p11.KEKVersion(id), hex.EncodeToString(id), err, derr, name, hex.EncodeToString(id))
+			}
+			return nil, fmt.Errorf("kek %q: checking that no one else made version %d failed, so it was removed again: %w", name, p11.KEKVersion(id), err)
 		}
 		var mine *KEK
 		rival := false
@@ -374,6 +388,10 @@ func (a *Admin) createVersion(ctx context.Context, name string, mk func(id []byt
 	}
 	return nil, fmt.Errorf("%w: kek %q, %d attempts", ErrVersionConflict, name, maxVersionAttempts)
 }
+
+// testHookVersionChosen, when set (by a test), runs just before a KEK
+// version is chosen.
+var testHookVersionChosen func()
 
 // pause waits a random time that grows with attempt, or until ctx ends.
 func pause(ctx context.Context, attempt int) error {

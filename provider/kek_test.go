@@ -631,7 +631,11 @@ func TestAttackers(t *testing.T) {
 			"unwrap as template asks (aes)":     "CKR_USER_NOT_LOGGED_IN",
 			"find rsa private half":             "not found",
 			"set CKA_DECRYPT on the kek":        "CKR_ACTION_PROHIBITED",
-			"copy the kek":                      "CKR_ACTION_PROHIBITED",
+			// CKA_ALLOWED_MECHANISMS: key wrap only (before: "ok").
+			"cbc wrap with a chosen iv under the kek": "CKR_MECHANISM_INVALID",
+			// What A1 can do, and what a blob therefore does not prove.
+			"key wrap of a key it chose under the kek": "ok",
+			"copy the kek": "CKR_ACTION_PROHIBITED",
 		}, res.Steps)
 	})
 }
@@ -712,6 +716,19 @@ func TestAttackerChild(t *testing.T) {
 	} else {
 		res.Steps["find rsa private half"] = "not found"
 	}
+	// Finding 4: encrypt chosen data under the public kek with a chosen IV,
+	// by wrapping a key of our own with CKM_AES_CBC (before: CKR_OK).
+	own, err := ctx.CreateObject(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, bytes.Repeat([]byte("chosen!!"), 4)),
+	})
+	require.NoError(t, err)
+	_, err = ctx.WrapKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, bytes.Repeat([]byte{7}, 16))}, kek, own)
+	res.Steps["cbc wrap with a chosen iv under the kek"] = outcome(err)
+	_, err = ctx.WrapKey(s, kw, kek, own)
+	res.Steps["key wrap of a key it chose under the kek"] = outcome(err)
 	res.Steps["set CKA_DECRYPT on the kek"] = outcome(ctx.SetAttributeValue(s, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true)}))
 	h, err := ctx.CopyObject(s, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
 	if err == nil {

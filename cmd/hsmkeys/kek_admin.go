@@ -35,8 +35,10 @@ var kekDestroySpec = spec{
 	usage: "kek destroy --label NAME [--id HEX] [--yes]",
 	about: `Destroys one version of the KEK NAME (--id, as 'kek list' shows it), or
 every version of it. Exported keys and messages wrapped only under a
-destroyed version can never be opened again. Asks on the terminal first;
-without a terminal, --yes is required. Needs the user PIN.`,
+destroyed version can never be opened again. Only the KEK's own halves are
+destroyed: foreign objects with its label or id ('kek list') are not
+hsmkeys's, and are left alone. Asks on the terminal first; without a
+terminal, --yes is required. Needs the user PIN.`,
 	examples: `hsmkeys kek destroy --label backup --id 00000001a1b2c3d4e5f60718293a4b5c
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' kek destroy --label old-backup --yes`,
 }

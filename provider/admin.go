@@ -343,7 +343,10 @@ func (a *Admin) createVersion(ctx context.Context, name string, mk func(id []byt
 	}
 	// Processes of this user on this host take turns (see lockKEKNames);
 	// without the lock the rival check below still runs.
-	unlock, _ := lockKEKNames(a.token.Serial)
+	unlock, err := lockKEKNames(ctx, a.token.Serial)
+	if ctx.Err() != nil {
+		return nil, err
+	}
 	defer unlock()
 	for attempt := 0; attempt < maxVersionAttempts; attempt++ {
 		id, err := a.nextID(ctx, name)

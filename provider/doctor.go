@@ -13,13 +13,17 @@ import (
 )
 
 // Doctor checks, for real, whether this token can keep hsmkeys' promises:
-// the mechanisms it needs, trusted-only wrapping and both templates (with
-// throw-away session objects), a session key's life (generate, seal, open,
-// tamper, destroy), and every KEK on the token (its attributes, and a wrap
-// and unwrap with a throw-away key where the KEK can unwrap). It changes
-// nothing on the token. The provider may be opened with ExportNone so that
-// Doctor can run on a token that would fail Open under ExportTrusted; the
-// KEKs are tried all the same.
+// the token's profile (a Warning where public objects are in clear at
+// rest), the mechanisms it needs, the enforcement checks of Open
+// (trusted-only wrapping, both templates, KEK mechanism restrictions,
+// frozen session keys: each with its premise, Unchecked when the premise
+// fails), a session key's life (generate, seal, open, tamper, destroy),
+// every KEK on the token (its attributes, and a wrap and unwrap with a
+// throw-away key where the KEK can unwrap; a Warning for one exposed at
+// rest; the fix for an outdated one), and every foreign object (a
+// Warning). It changes nothing on the token. The provider may be opened
+// with ExportNone so that Doctor can run on a token that would fail Open
+// under ExportTrusted; the KEKs are tried all the same.
 func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 	if err := p.begin(); err != nil {
 		return nil, err

@@ -3,10 +3,12 @@
 package provider
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // lockKEKNames serialises KEK creation on one token among the processes of
@@ -15,8 +17,9 @@ import (
 // by another process lags (measured: two 'kek create' at once both saw no
 // rival), so the rival check of createVersion alone cannot keep versions
 // unique there; the lock does, on one host. It returns the unlock function;
-// without a cache directory it locks nothing and says so in the error.
-func lockKEKNames(serial string) (func(), error) {
+// without a cache directory it locks nothing and says so in the error. It
+// waits for the lock until ctx ends.
+func lockKEKNames(ctx context.Context, serial string) (func(), error) {
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		return func() {}, err
@@ -30,9 +33,25 @@ func lockKEKNames(serial string) (func(), error) {
 	if err != nil {
 		return func() {}, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return func() {}, err
+	// Not a blocking flock: a wait for another kek create must end with
+	// the caller's context (Ctrl-C).
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
+			f.Close()
+			return func() {}, err
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return func() {}, ctx.Err()
+		case <-t.C:
+		}
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)

@@ -284,6 +284,11 @@ func TestUserPINAttacker(t *testing.T) {
 				}
 				require.Error(t, err, "%s key: mechanism 0x%x", name, m[0].Mechanism)
 			}
+			// Sign (a MAC oracle) with it.
+			if err := c.SignInit(s, mech(pkcs11.CKM_AES_CMAC, nil), pkcs11.ObjectHandle(key)); err == nil {
+				_, _ = c.Sign(s, make([]byte, 16))
+				t.Errorf("%s key: signs with CKM_AES_CMAC", name)
+			}
 			// Use it as a wrapping key for another session key.
 			_, err := c.WrapKey(s, mech(pkcs11.CKM_AES_KEY_WRAP, nil), pkcs11.ObjectHandle(key), pkcs11.ObjectHandle(k.obj))
 			require.Error(t, err, name)

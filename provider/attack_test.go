@@ -348,6 +348,19 @@ func TestUserPINAttacker(t *testing.T) {
 		assert.Contains(t, err.Error(), "rewrap")
 		_, err = p.KEK(bg, legacyLabel)
 		require.ErrorIs(t, err, ErrPolicy)
+		// doctor names it and what it has exposed.
+		checks, err := p.Doctor(bg)
+		require.NoError(t, err)
+		var found bool
+		for _, c := range checks {
+			if c.Name == "kek "+legacyLabel+" v1" {
+				found = true
+				assert.False(t, c.OK)
+				assert.Contains(t, c.Detail, "create a new version")
+				assert.Contains(t, c.Detail, "padding oracle")
+			}
+		}
+		assert.True(t, found, "doctor lists the outdated kek")
 		// What was wrapped under it can still move to a good KEK: a blob
 		// made independently with the public key (RSA-OAEP, SHA-1).
 		cek := make([]byte, 32)

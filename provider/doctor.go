@@ -120,10 +120,14 @@ func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 	for _, kek := range keks {
 		name := fmt.Sprintf("kek %s v%d", kek.Label, kek.Version)
 		if len(kek.Problems) > 0 {
-			if kek.Outdated {
+			switch {
+			case kek.Outdated && kek.Type == KEKRSAPublic:
+				add(name, false, "refused for wrapping: %s; it cannot be changed: import the public key again (hsmkeys kek import-public --label %s --pem FILE)",
+					joinProblems(kek.Problems), kek.Label)
+			case kek.Outdated:
 				add(name, false, "refused for wrapping, still unwraps: %s; it cannot be changed: create a new version (hsmkeys kek create --label %s) and rewrap (hsmkeys key rewrap)%s",
 					joinProblems(kek.Problems), kek.Label, outdatedRSANote(kek))
-			} else {
+			default:
 				add(name, false, "refused: %s", joinProblems(kek.Problems))
 			}
 			continue

@@ -243,6 +243,10 @@ func (k *KEK) usable() error {
 	if len(k.Problems) == 0 {
 		return nil
 	}
+	if k.Outdated && k.Type == KEKRSAPublic {
+		return fmt.Errorf("%w: %v refused: %s; it cannot be changed (not modifiable): import the public key again as a new version (hsmkeys kek import-public --label %s --pem FILE)",
+			ErrPolicy, k, strings.Join(k.Problems, "; "), k.Label)
+	}
 	if k.Outdated {
 		return fmt.Errorf("%w: %v refused: %s; it cannot be changed (not modifiable): create a new version (hsmkeys kek create --label %s) and rewrap the keys and messages under it (hsmkeys key rewrap)",
 			ErrPolicy, k, strings.Join(k.Problems, "; "), k.Label)

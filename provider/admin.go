@@ -1,14 +1,18 @@
 package provider
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/rsa"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -221,38 +225,60 @@ func isPINCode(code uint) bool {
 func (a *Admin) KEKs(ctx context.Context) ([]*KEK, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.keks(ctx, "", nil)
+	ks, _, err := a.keks(ctx, "", nil)
+	return ks, err
 }
 
-func (a *Admin) keks(ctx context.Context, label string, id []byte) ([]*KEK, error) {
+// ForeignObjects lists the objects that look like KEK halves, or share a
+// KEK's label or ID, but are not KEKs (see ForeignObject). No Admin method
+// destroys or uses them; remove them with the token's own tools.
+func (a *Admin) ForeignObjects(ctx context.Context) ([]ForeignObject, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, fs, err := a.keks(ctx, "", nil)
+	return fs, err
+}
+
+func (a *Admin) keks(ctx context.Context, label string, id []byte) ([]*KEK, []ForeignObject, error) {
 	var out []*KEK
+	var foreign []ForeignObject
+	prof := a.Profile()
 	err := a.session(ctx, false, func(s *p11.AdminSession) error {
-		objs, err := s.FindKEKs(label, id)
+		objs, fs, err := s.FindKEKs(label, id)
 		if err != nil {
 			return err
 		}
+		foreign = foreignObjects(fs)
 		for _, o := range objs {
 			problems, err := s.KEKProblems(o)
 			if err != nil {
 				return err
 			}
-			out = append(out, newKEK(o, problems))
+			out = append(out, newKEK(o, problems, prof))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, nil, mapErr(err)
 	}
 	sortKEKs(out)
-	return out, nil
+	return out, foreign, nil
 }
 
-// nextID returns a CKA_ID for the next version of name.
-func (a *Admin) nextID(ctx context.Context, name string) ([]byte, error) {
+func validKEKName(name string) error {
 	if name == "" || len(name) > 128 || strings.ContainsAny(name, "\x00\n") {
-		return nil, fmt.Errorf("%w: kek name %q", ErrInvalidInput, name)
+		return fmt.Errorf("%w: kek name %q", ErrInvalidInput, name)
 	}
-	ks, err := a.keks(ctx, name, nil)
+	return nil
+}
+
+// nextID returns a CKA_ID for the next version of name. Foreign objects
+// with the label do not count.
+func (a *Admin) nextID(ctx context.Context, name string) ([]byte, error) {
+	if err := validKEKName(name); err != nil {
+		return nil, err
+	}
+	ks, _, err := a.keks(ctx, name, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -267,48 +293,190 @@ func (a *Admin) nextID(ctx context.Context, name string) ([]byte, error) {
 	return id, nil
 }
 
-// CreateKEK makes a new KEK named name, or a new version of it.
-func (a *Admin) CreateKEK(ctx context.Context, name string, t KEKType) (*KEK, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	id, err := a.nextID(ctx, name)
-	if err != nil {
+// KEKOptions are the administrator's explicit choices when making a KEK.
+type KEKOptions struct {
+	// AllowExposedAtRest allows an AES KEK on a token whose profile says it
+	// stores public objects in clear (SoftHSM, and tokens hsmkeys does not
+	// know): the SO can only make public objects, so anyone with a copy of
+	// the token's storage and no PIN gets the KEK's value, and with it
+	// every key and message wrapped under it. KEK.ExposedAtRest stays true
+	// on such a KEK, and 'kek list' and 'doctor' say so.
+	AllowExposedAtRest bool
+}
+
+// allowKEKType refuses what the token's profile makes unsafe.
+func (a *Admin) allowKEKType(t KEKType, opts KEKOptions) error {
+	if t != KEKAES128 && t != KEKAES256 {
+		return nil
+	}
+	prof := a.Profile()
+	if prof.PublicObjectsProtectedAtRest || opts.AllowExposedAtRest {
+		return nil
+	}
+	return fmt.Errorf("%w: an aes kek on token %s (%s) would be stored in clear at rest: the token does not encrypt public objects and the so can make only public ones, so a copy of its storage gives the kek without any pin; make an rsa kek (%v, the default here), or accept that explicitly (KEKOptions.AllowExposedAtRest, 'hsmkeys kek create --allow-exposed-at-rest')",
+		ErrPolicy, a.token, prof.Name, prof.DefaultKEKType())
+}
+
+// maxVersionAttempts bounds the retries of a KEK creation that met another
+// one making the same version at the same time.
+const maxVersionAttempts = 8
+
+// ErrVersionConflict: other administrators kept making the same KEK
+// version at the same time; nothing was left on the token.
+var ErrVersionConflict = errors.New("kek version taken concurrently")
+
+// createVersion makes the next version of name with mk, which creates
+// every object of the KEK with this ID (and removes what it made when it
+// fails, or says what it left). Two processes can pick the same version at
+// once, and PKCS#11 has no create-if-absent. Processes of one user on one
+// host take turns under a lock file (lockKEKNames). Beyond that, after
+// making its objects each looks for another KEK of the same name and
+// version, and on finding one destroys its own and tries the next version:
+// on a token whose view of objects is consistent, of two that clash at
+// least the later one sees the other (its objects exist before it looks),
+// so two never both keep a version; when both see each other both retry,
+// after a random pause that breaks the tie. SoftHSM's view across processes
+// lags, which is why the lock is there.
+func (a *Admin) createVersion(ctx context.Context, name string, mk func(id []byte) error) (*KEK, error) {
+	if testHookVersionChosen != nil {
+		testHookVersionChosen()
+	}
+	// Processes of this user on this host take turns (see lockKEKNames);
+	// without the lock the rival check below still runs.
+	unlock, err := lockKEKNames(ctx, a.token.Serial)
+	if ctx.Err() != nil {
 		return nil, err
 	}
+	defer unlock()
+	for attempt := 0; attempt < maxVersionAttempts; attempt++ {
+		id, err := a.nextID(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := mk(id); err != nil {
+			return nil, err
+		}
+		ks, _, err := a.keks(ctx, name, nil)
+		if err != nil {
+			// Unchecked, it might share its version with another: remove it.
+			if derr := a.destroyID(context.WithoutCancel(ctx), id); derr != nil {
+				return nil, fmt.Errorf("kek %q version %d (id %s) was made, but checking that no one else made that version failed (%w), and removing it failed: %w; remove it with 'hsmkeys kek destroy --label %s --id %s'",
+					name, p11.KEKVersion(id), hex.EncodeToString(id), err, derr, name, hex.EncodeToString(id))
+			}
+			return nil, fmt.Errorf("kek %q: checking that no one else made version %d failed, so it was removed again: %w", name, p11.KEKVersion(id), err)
+		}
+		var mine *KEK
+		rival := false
+		for _, k := range ks {
+			switch {
+			case bytes.Equal(k.ID, id):
+				mine = k
+			case k.Version == int(p11.KEKVersion(id)):
+				rival = true
+			}
+		}
+		if mine == nil {
+			return nil, fmt.Errorf("%w: kek with id %s, just made", ErrNotFound, hex.EncodeToString(id))
+		}
+		if !rival {
+			return mine, nil
+		}
+		if err := a.destroyID(ctx, id); err != nil {
+			return nil, fmt.Errorf("kek %q version %d was made at the same time by someone else, and removing ours (id %s) failed: %w; remove it with 'hsmkeys kek destroy --label %s --id %s'",
+				name, p11.KEKVersion(id), hex.EncodeToString(id), err, name, hex.EncodeToString(id))
+		}
+		if err := pause(ctx, attempt); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: kek %q, %d attempts", ErrVersionConflict, name, maxVersionAttempts)
+}
+
+// testHookVersionChosen, when set (by a test), runs just before a KEK
+// version is chosen.
+var testHookVersionChosen func()
+
+// pause waits a random time that grows with attempt, or until ctx ends.
+func pause(ctx context.Context, attempt int) error {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	d := time.Duration(binary.BigEndian.Uint16(b[:])%1000+1) * time.Duration(1<<min(attempt, 6)) * 20 * time.Microsecond
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// CreateKEK makes a new KEK named name, or a new version of it, with no
+// KEKOptions: on a token that stores public objects in clear an AES type is
+// refused (ErrPolicy); see TokenProfile.DefaultKEKType.
+func (a *Admin) CreateKEK(ctx context.Context, name string, t KEKType) (*KEK, error) {
+	return a.CreateKEKWith(ctx, name, t, KEKOptions{})
+}
+
+// CreateKEKWith is CreateKEK with the administrator's explicit choices.
+// The version is unique even when other processes create the same name at
+// the same time. A creation that fails removes what it made, or its error
+// says what is left and how to remove it.
+func (a *Admin) CreateKEKWith(ctx context.Context, name string, t KEKType, opts KEKOptions) (*KEK, error) {
+	if err := a.allowKEKType(t, opts); err != nil {
+		return nil, fmt.Errorf("create kek %q: %w", name, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var mk func(id []byte) error
 	switch t {
 	case KEKAES128, KEKAES256:
 		size := 16
 		if t == KEKAES256 {
 			size = 32
 		}
-		err = a.session(ctx, true, func(s *p11.AdminSession) error {
-			_, err := s.GenerateAESKEK(name, id, size)
-			return err
-		})
+		mk = func(id []byte) error {
+			return a.session(ctx, true, func(s *p11.AdminSession) error {
+				_, err := s.GenerateAESKEK(name, id, size)
+				return err
+			})
+		}
 	case KEKRSA2048, KEKRSA3072, KEKRSA4096:
 		bits := map[KEKType]int{KEKRSA2048: 2048, KEKRSA3072: 3072, KEKRSA4096: 4096}[t]
-		var modulus, exponent []byte
-		err = a.session(ctx, false, func(s *p11.AdminSession) error {
-			var err error
-			_, modulus, exponent, err = s.GenerateRSAKEKPrivate(name, id, bits)
-			return err
-		})
-		if err == nil {
+		mk = func(id []byte) error {
+			var modulus, exponent []byte
+			err := a.session(ctx, false, func(s *p11.AdminSession) error {
+				var err error
+				_, modulus, exponent, err = s.GenerateRSAKEKPrivate(name, id, bits)
+				return err
+			})
+			if err != nil {
+				return err
+			}
 			err = a.session(ctx, true, func(s *p11.AdminSession) error {
 				_, err := s.CreateTrustedRSAPublic(name, id, modulus, exponent)
 				return err
 			})
 			if err != nil {
-				a.destroyID(ctx, id) // no half-made KEK left behind
+				// No half-made KEK left behind, or say so.
+				if derr := a.destroyID(context.WithoutCancel(ctx), id); derr != nil {
+					return fmt.Errorf("%w; the private half it made (id %s) is still on the token, and removing it failed: %w; remove it with 'hsmkeys kek destroy --label %s --id %s'",
+						err, hex.EncodeToString(id), derr, name, hex.EncodeToString(id))
+				}
 			}
+			return err
 		}
 	default:
 		return nil, fmt.Errorf("%w: kek type %v", ErrInvalidInput, t)
 	}
+	if err := validKEKName(name); err != nil {
+		return nil, err
+	}
+	k, err := a.createVersion(ctx, name, mk)
 	if err != nil {
 		return nil, fmt.Errorf("create kek %q: %w", name, mapErr(err))
 	}
-	return a.byID(ctx, id)
+	return k, nil
 }
 
 // ImportPublicKEK makes another party's RSA public key a trusted, wrap-only
@@ -317,82 +485,90 @@ func (a *Admin) ImportPublicKEK(ctx context.Context, name string, pub *rsa.Publi
 	if pub == nil || pub.N == nil || pub.N.BitLen() < 2048 || pub.N.BitLen() > 8192 || pub.E < 3 {
 		return nil, fmt.Errorf("import public kek: %w: need an rsa public key of 2048 to 8192 bits", ErrInvalidInput)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	id, err := a.nextID(ctx, name)
-	if err != nil {
+	if err := validKEKName(name); err != nil {
 		return nil, err
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	exp := big.NewInt(int64(pub.E)).Bytes()
-	err = a.session(ctx, true, func(s *p11.AdminSession) error {
-		_, err := s.CreateTrustedRSAPublic(name, id, pub.N.Bytes(), exp)
-		return err
+	k, err := a.createVersion(ctx, name, func(id []byte) error {
+		return a.session(ctx, true, func(s *p11.AdminSession) error {
+			_, err := s.CreateTrustedRSAPublic(name, id, pub.N.Bytes(), exp)
+			return err
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("import public kek %q: %w", name, mapErr(err))
 	}
-	return a.byID(ctx, id)
+	return k, nil
 }
 
 // ImportKEK makes an AES KEK named name from a value an administrator
 // supplies (a key ceremony, a KEK shared with another site). The file must
 // not be readable by group or others, and hold exactly 16 or 32 bytes, raw or
 // as hex on one line. Every buffer that held the value is zeroed.
+//
+// With no KEKOptions it is refused (ErrPolicy) on a token that stores
+// public objects in clear; see KEKOptions.AllowExposedAtRest.
 func (a *Admin) ImportKEK(ctx context.Context, name string, path string) (*KEK, error) {
+	return a.ImportKEKWith(ctx, name, path, KEKOptions{})
+}
+
+// ImportKEKWith is ImportKEK with the administrator's explicit choices.
+func (a *Admin) ImportKEKWith(ctx context.Context, name string, path string, opts KEKOptions) (*KEK, error) {
+	if err := a.allowKEKType(KEKAES256, opts); err != nil {
+		return nil, fmt.Errorf("import kek %q: %w", name, err)
+	}
 	value, err := readSecretFile(path)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(value)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	id, err := a.nextID(ctx, name)
-	if err != nil {
+	if err := validKEKName(name); err != nil {
 		return nil, err
 	}
-	err = a.session(ctx, true, func(s *p11.AdminSession) error {
-		_, err := s.ImportAESKEK(name, id, value)
-		return err
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k, err := a.createVersion(ctx, name, func(id []byte) error {
+		return a.session(ctx, true, func(s *p11.AdminSession) error {
+			_, err := s.ImportAESKEK(name, id, value)
+			return err
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("import kek %q: %w", name, mapErr(err))
 	}
-	return a.byID(ctx, id)
-}
-
-func (a *Admin) byID(ctx context.Context, id []byte) (*KEK, error) {
-	ks, err := a.keks(ctx, "", id)
-	if err != nil {
-		return nil, err
-	}
-	if len(ks) != 1 {
-		return nil, fmt.Errorf("%w: kek with id %s", ErrNotFound, hex.EncodeToString(id))
-	}
-	return ks[0], nil
+	return k, nil
 }
 
 // DestroyKEK destroys the KEK version with this ID (both halves). Keys
-// wrapped under it can no longer be imported.
+// wrapped under it can no longer be imported. Only the KEK's own objects
+// are destroyed: a foreign object with the same ID (anyone could have
+// planted one) is left alone, and never makes a genuine half go.
 func (a *Admin) DestroyKEK(ctx context.Context, id []byte) error {
 	if len(id) == 0 {
 		return fmt.Errorf("destroy kek: %w: empty id", ErrInvalidInput)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ks, err := a.keks(ctx, "", id)
+	ks, foreign, err := a.keks(ctx, "", id)
 	if err != nil {
 		return err
 	}
 	if len(ks) == 0 {
+		if len(foreign) > 0 {
+			return fmt.Errorf("destroy kek: %w: kek with id %s (%d foreign objects with that id are not hsmkeys keks and are left alone)", ErrNotFound, hex.EncodeToString(id), len(foreign))
+		}
 		return fmt.Errorf("destroy kek: %w: kek with id %s", ErrNotFound, hex.EncodeToString(id))
 	}
 	return a.destroyID(ctx, id)
 }
 
-// destroyID destroys every object with this CKA_ID that is a KEK half.
+// destroyID destroys the objects of the KEK with this CKA_ID: its halves as
+// findKEKs accepts them, never a foreign object.
 func (a *Admin) destroyID(ctx context.Context, id []byte) error {
 	return mapErr(a.session(ctx, false, func(s *p11.AdminSession) error {
-		objs, err := s.FindKEKs("", id)
+		objs, _, err := s.FindKEKs("", id)
 		if err != nil {
 			return err
 		}

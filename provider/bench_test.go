@@ -37,7 +37,7 @@ func setupBench() error {
 	if err != nil {
 		return err
 	}
-	k, err := a.CreateKEK(bg, "bench-kek", KEKAES256)
+	k, err := a.CreateKEKWith(bg, "bench-kek", KEKAES256, KEKOptions{AllowExposedAtRest: true})
 	a.Close() // releases the module before crypto11 initialises it
 	if err != nil {
 		return err

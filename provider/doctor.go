@@ -3,6 +3,7 @@ package provider
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,13 +13,17 @@ import (
 )
 
 // Doctor checks, for real, whether this token can keep hsmkeys' promises:
-// the mechanisms it needs, trusted-only wrapping and both templates (with
-// throw-away session objects), a session key's life (generate, seal, open,
-// tamper, destroy), and every KEK on the token (its attributes, and a wrap
-// and unwrap with a throw-away key where the KEK can unwrap). It changes
-// nothing on the token. The provider may be opened with ExportNone so that
-// Doctor can run on a token that would fail Open under ExportTrusted; the
-// KEKs are tried all the same.
+// the token's profile (a Warning where public objects are in clear at
+// rest), the mechanisms it needs, the enforcement checks of Open
+// (trusted-only wrapping, both templates, KEK mechanism restrictions,
+// frozen session keys: each with its premise, Unchecked when the premise
+// fails), a session key's life (generate, seal, open, tamper, destroy),
+// every KEK on the token (its attributes, and a wrap and unwrap with a
+// throw-away key where the KEK can unwrap; a Warning for one exposed at
+// rest; the fix for an outdated one), and every foreign object (a
+// Warning). It changes nothing on the token. The provider may be opened
+// with ExportNone so that Doctor can run on a token that would fail Open
+// under ExportTrusted; the KEKs are tried all the same.
 func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 	if err := p.begin(); err != nil {
 		return nil, err
@@ -54,12 +59,20 @@ func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 		add("mechanism "+m.name, ok, "%s", detail)
 	}
 
+	prof := p.Profile()
+	if prof.PublicObjectsProtectedAtRest {
+		add("token profile", true, "%s: public objects are protected at rest", prof.Name)
+	} else {
+		out = append(out, EnforcementCheck{Name: "token profile", OK: true, Warning: true,
+			Detail: prof.Name + ": public objects are stored in clear at rest, so an aes kek (the so can make only public ones) is readable from a copy of the token's storage without any pin; kek create makes rsa keks here"})
+	}
+
 	if err := p.begin(); err != nil {
 		return nil, err
 	}
 	err = p.do(ctx, func(s *p11.Session) error {
 		for _, r := range p.pool.CheckEnforcement(s) {
-			add(r.Name, r.OK, "%s", r.Detail)
+			out = append(out, EnforcementCheck{Name: r.Name, OK: r.OK, Detail: r.Detail, Unchecked: r.Unchecked})
 		}
 		return nil
 	})
@@ -100,27 +113,53 @@ func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 		add("session key", true, "generate, seal, open, tamper refused, destroy")
 	}
 
-	keks, err := p.KEKs(ctx)
+	keks, foreign, err := p.findKEKs(ctx, "", nil)
 	if err != nil {
 		return nil, err
 	}
 	for _, kek := range keks {
 		name := fmt.Sprintf("kek %s v%d", kek.Label, kek.Version)
 		if len(kek.Problems) > 0 {
-			add(name, false, "refused: %s", joinProblems(kek.Problems))
+			switch {
+			case kek.Outdated && kek.Type == KEKRSAPublic:
+				add(name, false, "refused for wrapping: %s; it cannot be changed: import the public key again (hsmkeys kek import-public --label %s --pem FILE)",
+					joinProblems(kek.Problems), kek.Label)
+			case kek.Outdated:
+				add(name, false, "refused for wrapping, still unwraps: %s; it cannot be changed: create a new version (hsmkeys kek create --label %s) and rewrap (hsmkeys key rewrap)%s",
+					joinProblems(kek.Problems), kek.Label, outdatedRSANote(kek))
+			default:
+				add(name, false, "refused: %s", joinProblems(kek.Problems))
+			}
 			continue
 		}
 		if err := p.tryKEK(ctx, kek); err != nil {
 			add(name, false, "%v", err)
 			continue
 		}
-		if kek.CanUnwrap() {
-			add(name, true, "attributes as required; wrap and unwrap work")
-		} else {
-			add(name, true, "attributes as required; wrap works (no unwrapping half here)")
+		detail := "attributes as required; wrap and unwrap work"
+		if !kek.CanUnwrap() {
+			detail = "attributes as required; wrap works (no unwrapping half here)"
 		}
+		if kek.ExposedAtRest {
+			out = append(out, EnforcementCheck{Name: name, OK: true, Warning: true,
+				Detail: detail + "; EXPOSED AT REST: an aes kek is a public object, stored in clear on this token, so a copy of its storage gives the kek and every key wrapped under it (made by explicit choice)"})
+			continue
+		}
+		add(name, true, "%s", detail)
+	}
+	for _, f := range foreign {
+		out = append(out, EnforcementCheck{Name: "foreign object " + f.Label, OK: true, Warning: true,
+			Detail: fmt.Sprintf("a %s with id %s is ignored: %s", f.Class, hex.EncodeToString(f.ID), f.Why)})
 	}
 	return out, nil
+}
+
+// outdatedRSANote says what an unrestricted RSA KEK has exposed.
+func outdatedRSANote(k *KEK) string {
+	if k.Type.IsRSA() && k.Type != KEKRSAPublic {
+		return "; treat keys wrapped under it as known to anyone who held the user pin (CKM_RSA_PKCS was allowed: a padding oracle)"
+	}
+	return ""
 }
 
 func joinProblems(ps []string) string {

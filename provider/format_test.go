@@ -391,7 +391,7 @@ func TestOpenSSLInterop(t *testing.T) {
 	_, _ = rand.Read(kekValue)
 	kekFile := filepath.Join(dir, "kek")
 	require.NoError(t, os.WriteFile(kekFile, kekValue, 0o600))
-	aesKEK, err := a.ImportKEK(bg, uniqueName(t, "interop"), kekFile)
+	aesKEK, err := a.ImportKEKWith(bg, uniqueName(t, "interop"), kekFile, KEKOptions{AllowExposedAtRest: true})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.DestroyKEK(bg, aesKEK.ID) })
 

@@ -45,7 +45,7 @@ func FuzzPINFile(f *testing.F) {
 func FuzzPublicInputs(f *testing.F) {
 	needToken(f)
 	a := openAdmin(f)
-	kek, err := a.CreateKEK(bg, uniqueName(f, "fuzz"), KEKAES256)
+	kek, err := a.CreateKEKWith(bg, uniqueName(f, "fuzz"), KEKAES256, KEKOptions{AllowExposedAtRest: true})
 	require.NoError(f, err)
 	require.NoError(f, a.Close())
 	p := openProvider(f)

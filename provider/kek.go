@@ -112,7 +112,8 @@ func kekType(o p11.KEKObject) KEKType {
 }
 
 // KEK is a key-encryption key on the token, as found there. A KEK with
-// Problems is refused for every use; they say why.
+// Problems never wraps; one whose problems are all Outdated still unwraps,
+// so that keys wrapped under it can be rewrapped under a new version.
 type KEK struct {
 	Label   string  // CKA_LABEL: the KEK's name
 	ID      []byte  // CKA_ID: unique; identifies the version in exported keys
@@ -123,7 +124,22 @@ type KEK struct {
 	// TemplatesEnforced: the objects carry the CKA_WRAP_TEMPLATE and
 	// CKA_UNWRAP_TEMPLATE hsmkeys requires (docs/security.md).
 	TemplatesEnforced bool
-	Problems          []string // attributes that break the policy; empty for a good KEK
+	// Restricted: every half carries CKA_ALLOWED_MECHANISMS (RSA: OAEP
+	// only; AES: key wrap only) and the full unwrap template. KEKs made by
+	// hsmkeys before these existed are not, and cannot be changed.
+	Restricted bool
+	// Outdated: every problem is a missing restriction (see Restricted):
+	// the KEK is refused for wrapping, and still unwraps so that keys can
+	// be moved to a new version ('hsmkeys kek create' then 'key rewrap').
+	Outdated bool
+	// ExposedAtRest: the unwrapping half is a public object on a token
+	// that stores public objects in clear (TokenProfile): a copy of the
+	// token's storage, without any PIN, gives the KEK's value and so every
+	// key and message wrapped under it. An AES KEK is so on SoftHSM; it
+	// exists only by the administrator's explicit choice
+	// (KEKOptions.AllowExposedAtRest).
+	ExposedAtRest bool
+	Problems      []string // attributes that break the policy; empty for a good KEK
 
 	// mu guards obj: its object handles go stale when the token forgets
 	// them (SoftHSM does when the last session of the slot closes), and
@@ -142,7 +158,7 @@ func (k *KEK) handles() p11.KEKObject {
 // refresh finds the KEK's objects again by CKA_ID on session s, after the
 // token said a handle was no longer valid.
 func (p *Provider) refreshKEK(s *p11.Session, k *KEK) error {
-	objs, err := p.pool.FindKEKs(s, "", k.ID)
+	objs, _, err := p.pool.FindKEKs(s, "", k.ID)
 	if err != nil {
 		return err
 	}
@@ -191,30 +207,60 @@ func (k *KEK) PublicKey() *rsa.PublicKey {
 	return &rsa.PublicKey{N: new(big.Int).SetBytes(o.Modulus), E: int(e.Int64())}
 }
 
-func newKEK(o p11.KEKObject, problems []string) *KEK {
+func newKEK(o p11.KEKObject, problems []p11.Problem, prof TokenProfile) *KEK {
 	k := &KEK{
-		Label:    o.Label,
-		ID:       bytes.Clone(o.ID),
-		Version:  int(p11.KEKVersion(o.ID)),
-		Type:     kekType(o),
-		Bits:     o.Bits,
-		Problems: problems,
-		obj:      o,
+		Label:   o.Label,
+		ID:      bytes.Clone(o.ID),
+		Version: int(p11.KEKVersion(o.ID)),
+		Type:    kekType(o),
+		Bits:    o.Bits,
+		obj:     o,
 	}
-	k.Trusted = !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "CKA_TRUSTED") }) && o.Wrap != 0
-	k.TemplatesEnforced = !slices.ContainsFunc(problems, func(p string) bool { return strings.Contains(p, "_TEMPLATE") })
+	hard, outdated := 0, 0
+	for _, p := range problems {
+		k.Problems = append(k.Problems, p.Text)
+		if p.Outdated {
+			outdated++
+		} else {
+			hard++
+		}
+	}
+	k.Trusted = !slices.ContainsFunc(k.Problems, func(p string) bool { return strings.Contains(p, "CKA_TRUSTED") }) && o.Wrap != 0
+	k.TemplatesEnforced = !slices.ContainsFunc(k.Problems, func(p string) bool { return strings.Contains(p, "_TEMPLATE") })
+	k.Restricted = outdated == 0 && !slices.ContainsFunc(k.Problems, func(p string) bool { return strings.Contains(p, "CKA_ALLOWED_MECHANISMS") })
+	k.Outdated = outdated > 0 && hard == 0
+	k.ExposedAtRest = o.Kind == p11.KindAES && !prof.PublicObjectsProtectedAtRest
 	if k.Type == 0 {
 		k.Problems = append(k.Problems, fmt.Sprintf("unsupported key size %d", o.Bits))
+		k.Outdated = false
 	}
 	return k
 }
 
-// usable returns an error naming the KEK's problems, if any.
+// usable returns an error naming the KEK's problems, if any: the test
+// before a KEK wraps.
 func (k *KEK) usable() error {
 	if len(k.Problems) == 0 {
 		return nil
 	}
+	if k.Outdated && k.Type == KEKRSAPublic {
+		return fmt.Errorf("%w: %v refused: %s; it cannot be changed (not modifiable): import the public key again as a new version (hsmkeys kek import-public --label %s --pem FILE)",
+			ErrPolicy, k, strings.Join(k.Problems, "; "), k.Label)
+	}
+	if k.Outdated {
+		return fmt.Errorf("%w: %v refused: %s; it cannot be changed (not modifiable): create a new version (hsmkeys kek create --label %s) and rewrap the keys and messages under it (hsmkeys key rewrap)",
+			ErrPolicy, k, strings.Join(k.Problems, "; "), k.Label)
+	}
 	return fmt.Errorf("%w: %v refused: %s", ErrPolicy, k, strings.Join(k.Problems, "; "))
+}
+
+// unwrappable is usable for unwrapping: an Outdated KEK still unwraps, so
+// that what was wrapped under it can be rewrapped.
+func (k *KEK) unwrappable() error {
+	if k.Outdated {
+		return nil
+	}
+	return k.usable()
 }
 
 // sortKEKs orders by label, then version, newest last.
@@ -267,37 +313,68 @@ func (c *kekCache) drop(id []byte) {
 }
 
 // KEKs lists the KEKs on the token, with their problems. A KEK whose
-// private half is missing is listed with CanUnwrap false.
+// private half is missing is listed with CanUnwrap false. Objects that
+// anyone could have planted (not trusted, not private, not matching) are
+// never KEKs: see ForeignObjects.
 func (p *Provider) KEKs(ctx context.Context) ([]*KEK, error) {
-	return p.findKEKs(ctx, "", nil)
+	ks, _, err := p.findKEKs(ctx, "", nil)
+	return ks, err
 }
 
-func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KEK, error) {
+// ForeignObject is a token object that shares a KEK's label or ID, or
+// looks like a KEK half, but is not one that only the SO or a user could
+// have made. hsmkeys ignores it: it never joins a KEK, and no KEK command
+// uses or destroys it.
+type ForeignObject struct {
+	Label string
+	ID    []byte
+	Class string // "secret key", "public key", "private key"
+	Why   string
+}
+
+// ForeignObjects lists the foreign objects on the token.
+func (p *Provider) ForeignObjects(ctx context.Context) ([]ForeignObject, error) {
+	_, fs, err := p.findKEKs(ctx, "", nil)
+	return fs, err
+}
+
+func foreignObjects(fs []p11.ForeignObject) []ForeignObject {
+	out := make([]ForeignObject, len(fs))
+	for i, f := range fs {
+		class := map[uint]string{pkcs11.CKO_SECRET_KEY: "secret key", pkcs11.CKO_PUBLIC_KEY: "public key", pkcs11.CKO_PRIVATE_KEY: "private key"}[f.Class]
+		out[i] = ForeignObject{Label: f.Label, ID: bytes.Clone(f.ID), Class: class, Why: f.Why}
+	}
+	return out
+}
+
+func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KEK, []ForeignObject, error) {
 	if err := p.begin(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer p.end()
 	var out []*KEK
+	var foreign []ForeignObject
 	err := p.doRead(ctx, func(s *p11.Session) error {
-		objs, err := p.pool.FindKEKs(s, label, id)
+		objs, fs, err := p.pool.FindKEKs(s, label, id)
 		if err != nil {
 			return err
 		}
 		out = out[:0]
+		foreign = foreignObjects(fs)
 		for _, o := range objs {
 			problems, err := p.pool.KEKProblems(s, o)
 			if err != nil {
 				return err
 			}
-			out = append(out, newKEK(o, problems))
+			out = append(out, newKEK(o, problems, p.Profile()))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, nil, mapErr(err)
 	}
 	sortKEKs(out)
-	return out, nil
+	return out, foreign, nil
 }
 
 // KEK returns the newest version of the KEK named name. If that version has
@@ -306,11 +383,14 @@ func (p *Provider) KEK(ctx context.Context, name string) (*KEK, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty kek name", ErrInvalidInput)
 	}
-	ks, err := p.findKEKs(ctx, name, nil)
+	ks, foreign, err := p.findKEKs(ctx, name, nil)
 	if err != nil {
 		return nil, err
 	}
 	if len(ks) == 0 {
+		if len(foreign) > 0 {
+			return nil, fmt.Errorf("%w: kek %q (%d foreign objects with that label ignored: %s)", ErrNotFound, name, len(foreign), foreign[0].Why)
+		}
 		return nil, fmt.Errorf("%w: kek %q", ErrNotFound, name)
 	}
 	k := ks[len(ks)-1]
@@ -330,7 +410,7 @@ func (p *Provider) KEKByID(ctx context.Context, id []byte) (*KEK, error) {
 	if k := p.keks.get(id); k != nil {
 		return k, nil
 	}
-	ks, err := p.findKEKs(ctx, "", id)
+	ks, _, err := p.findKEKs(ctx, "", id)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +421,8 @@ func (p *Provider) KEKByID(ctx context.Context, id []byte) (*KEK, error) {
 		return nil, fmt.Errorf("%w: %d keks share the id %s", ErrPolicy, len(ks), hex.EncodeToString(id))
 	}
 	k := ks[0]
-	if err := k.usable(); err != nil {
+	// Used to unwrap (Import, Decrypt, Unwrap); Wrap checks usable itself.
+	if err := k.unwrappable(); err != nil {
 		return nil, err
 	}
 	p.keks.put(k)
@@ -357,7 +438,7 @@ func (p *Provider) KEKByPublicKey(ctx context.Context, match func(*rsa.PublicKey
 	}
 	for _, k := range ks {
 		if pub := k.PublicKey(); pub != nil && match(pub) {
-			if err := k.usable(); err != nil {
+			if err := k.unwrappable(); err != nil {
 				return nil, err
 			}
 			p.keks.put(k)

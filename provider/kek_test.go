@@ -36,7 +36,9 @@ func openAdmin(t testing.TB) *Admin {
 // makeKEK creates a KEK with a name unique to the test.
 func makeKEK(t testing.TB, a *Admin, name string, typ KEKType) *KEK {
 	t.Helper()
-	k, err := a.CreateKEK(bg, name, typ)
+	// AES KEKs on SoftHSM only by explicit choice: they are in clear at
+	// rest (TestAESKEKExposedAtRest).
+	k, err := a.CreateKEKWith(bg, name, typ, KEKOptions{AllowExposedAtRest: !typ.IsRSA()})
 	require.NoError(t, err)
 	require.Empty(t, k.Problems)
 	t.Cleanup(func() {
@@ -290,11 +292,20 @@ func TestExportPolicyNone(t *testing.T) {
 func TestEnforcementChecksAtOpen(t *testing.T) {
 	p := openProvider(t)
 	checks := p.Enforcement()
-	require.Len(t, checks, 3)
+	require.Len(t, checks, 6)
 	for _, c := range checks {
 		assert.True(t, c.OK, "%s: %s", c.Name, c.Detail)
+		assert.False(t, c.Unchecked, "%s: %s", c.Name, c.Detail)
 	}
 	assert.Contains(t, checks[0].Detail, "CKR_KEY_NOT_WRAPPABLE")
+	// The refusals that count are those whose premise held on SoftHSM
+	// 2.6.1; the rest say they were not checked.
+	assert.Contains(t, checks[3].Detail, "wrap with CKM_AES_CBC: CKR_MECHANISM_INVALID")
+	assert.Contains(t, checks[3].Detail, "not checked: unwrap with CKM_AES_CBC")
+	assert.Contains(t, checks[4].Detail, "wrap with CKM_RSA_PKCS: CKR_MECHANISM_INVALID, unwrap with CKM_RSA_PKCS: CKR_MECHANISM_INVALID")
+	for _, what := range []string{"CKA_DERIVE", "CKA_WRAP", "CKA_UNWRAP", "CKA_SIGN", "CKA_VERIFY", "CKA_ENCRYPT", "C_CopyObject"} {
+		assert.Contains(t, checks[5].Detail, what)
+	}
 	raw := openRaw(t)
 	assert.Equal(t, 0, raw.sessionKeys(t)-p.keyCount(), "the checks leave no objects")
 }
@@ -323,23 +334,28 @@ func TestForeignKEKRefused(t *testing.T) {
 	})
 	require.NoError(t, err)
 	defer raw.ctx.DestroyObject(raw.s, h)
+	// An untrusted object is not a KEK, whatever its attributes: anyone
+	// could have made it. It is listed apart, as a foreign object.
 	p := openProvider(t)
 	_, err = p.KEK(bg, label)
-	require.ErrorIs(t, err, ErrPolicy)
-	for _, why := range []string{"CKA_DECRYPT is not false", "CKA_TRUSTED is not true", "CKA_MODIFIABLE is not false", "CKA_UNWRAP_TEMPLATE", "CKA_WRAP_TEMPLATE"} {
-		assert.Contains(t, err.Error(), why)
-	}
+	require.ErrorIs(t, err, ErrNotFound)
+	assert.Contains(t, err.Error(), "foreign")
 	ks, err := p.KEKs(bg)
 	require.NoError(t, err)
-	var found *KEK
 	for _, k := range ks {
-		if k.Label == label {
-			found = k
+		assert.NotEqual(t, label, k.Label, "not listed as a kek")
+	}
+	fs, err := p.ForeignObjects(bg)
+	require.NoError(t, err)
+	var found *ForeignObject
+	for i := range fs {
+		if fs[i].Label == label {
+			found = &fs[i]
 		}
 	}
-	require.NotNil(t, found, "listed, with its problems")
-	assert.NotEmpty(t, found.Problems)
-	assert.False(t, found.Trusted)
+	require.NotNil(t, found, "listed as a foreign object")
+	assert.Equal(t, "secret key", found.Class)
+	assert.Contains(t, found.Why, "CKA_TRUSTED")
 }
 
 func TestImportKEKFromFile(t *testing.T) {
@@ -351,7 +367,7 @@ func TestImportKEKFromFile(t *testing.T) {
 	_, _ = rand.Read(kekValue)
 	loose := filepath.Join(dir, "loose")
 	require.NoError(t, os.WriteFile(loose, kekValue, 0o644))
-	_, err := a.ImportKEK(bg, "imported", loose)
+	_, err := a.ImportKEKWith(bg, "imported", loose, allowExposed)
 	require.ErrorIs(t, err, ErrSecretFile)
 	assert.Contains(t, err.Error(), "group or others")
 	for name, content := range map[string][]byte{
@@ -362,17 +378,17 @@ func TestImportKEKFromFile(t *testing.T) {
 	} {
 		f := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
 		require.NoError(t, os.WriteFile(f, content, 0o600))
-		_, err := a.ImportKEK(bg, "imported", f)
+		_, err := a.ImportKEKWith(bg, "imported", f, allowExposed)
 		require.ErrorIs(t, err, ErrSecretFile, name)
 	}
-	_, err = a.ImportKEK(bg, "imported", filepath.Join(dir, "missing"))
+	_, err = a.ImportKEKWith(bg, "imported", filepath.Join(dir, "missing"), allowExposed)
 	require.ErrorIs(t, err, ErrSecretFile)
 
 	var keks []*KEK
 	for i, content := range [][]byte{kekValue, []byte(hex.EncodeToString(kekValue) + "\n")} {
 		f := filepath.Join(dir, fmt.Sprintf("kek%d", i))
 		require.NoError(t, os.WriteFile(f, content, 0o600))
-		k, err := a.ImportKEK(bg, uniqueName(t, "imported"), f)
+		k, err := a.ImportKEKWith(bg, uniqueName(t, "imported"), f, allowExposed)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = a.DestroyKEK(bg, k.ID) })
 		assert.Equal(t, KEKAES256, k.Type)
@@ -478,18 +494,18 @@ func TestAdminPINErrors(t *testing.T) {
 	a, err := OpenAdmin(bg, baseConfig(), PINValue([]byte("wrong-so-pin")))
 	require.NoError(t, err)
 	defer a.Close()
-	_, err = a.CreateKEK(bg, uniqueName(t, "x"), KEKAES256)
+	_, err = a.CreateKEKWith(bg, uniqueName(t, "x"), KEKAES256, allowExposed)
 	var pe *PINError
 	require.ErrorAs(t, err, &pe)
 	assert.True(t, pe.SO)
 	assert.NotContains(t, err.Error(), "wrong-so-pin")
-	_, err = a.CreateKEK(bg, uniqueName(t, "x"), KEKAES256)
+	_, err = a.CreateKEKWith(bg, uniqueName(t, "x"), KEKAES256, allowExposed)
 	require.ErrorAs(t, err, &pe, "the refused pin is not tried again")
 
 	// The SO cannot log in while a provider holds the user login.
 	openProvider(t)
 	a2 := openAdmin(t)
-	_, err = a2.CreateKEK(bg, uniqueName(t, "x"), KEKAES256)
+	_, err = a2.CreateKEKWith(bg, uniqueName(t, "x"), KEKAES256, allowExposed)
 	require.ErrorIs(t, err, ErrConfig)
 	assert.Contains(t, err.Error(), "close providers")
 }
@@ -615,7 +631,11 @@ func TestAttackers(t *testing.T) {
 			"unwrap as template asks (aes)":     "CKR_USER_NOT_LOGGED_IN",
 			"find rsa private half":             "not found",
 			"set CKA_DECRYPT on the kek":        "CKR_ACTION_PROHIBITED",
-			"copy the kek":                      "CKR_ACTION_PROHIBITED",
+			// CKA_ALLOWED_MECHANISMS: key wrap only (before: "ok").
+			"cbc wrap with a chosen iv under the kek": "CKR_MECHANISM_INVALID",
+			// What A1 can do, and what a blob therefore does not prove.
+			"key wrap of a key it chose under the kek": "ok",
+			"copy the kek": "CKR_ACTION_PROHIBITED",
 		}, res.Steps)
 	})
 }
@@ -696,6 +716,19 @@ func TestAttackerChild(t *testing.T) {
 	} else {
 		res.Steps["find rsa private half"] = "not found"
 	}
+	// Finding 4: encrypt chosen data under the public kek with a chosen IV,
+	// by wrapping a key of our own with CKM_AES_CBC (before: CKR_OK).
+	own, err := ctx.CreateObject(s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, bytes.Repeat([]byte("chosen!!"), 4)),
+	})
+	require.NoError(t, err)
+	_, err = ctx.WrapKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC, bytes.Repeat([]byte{7}, 16))}, kek, own)
+	res.Steps["cbc wrap with a chosen iv under the kek"] = outcome(err)
+	_, err = ctx.WrapKey(s, kw, kek, own)
+	res.Steps["key wrap of a key it chose under the kek"] = outcome(err)
 	res.Steps["set CKA_DECRYPT on the kek"] = outcome(ctx.SetAttributeValue(s, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true)}))
 	h, err := ctx.CopyObject(s, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
 	if err == nil {
@@ -727,13 +760,23 @@ func TestDoctor(t *testing.T) {
 	for _, c := range checks {
 		byName[c.Name] = c
 	}
-	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template", "session key", "kek " + good.Label + " v1"} {
+	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template",
+		"aes kek mechanisms", "rsa kek mechanisms", "session key attributes", "session key", "kek " + good.Label + " v1"} {
 		require.Contains(t, byName, name)
 		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
+		assert.False(t, byName[name].Unchecked, "%s: %s", name, byName[name].Detail)
 	}
-	bad := byName["kek "+label+" v0"]
-	assert.False(t, bad.OK)
-	assert.Contains(t, bad.Detail, "CKA_ENCRYPT")
+	// SoftHSM: the profile and an AES KEK are stated plainly.
+	assert.True(t, byName["token profile"].Warning)
+	assert.Contains(t, byName["token profile"].Detail, "stored in clear at rest")
+	assert.True(t, byName["kek "+good.Label+" v1"].Warning)
+	assert.Contains(t, byName["kek "+good.Label+" v1"].Detail, "EXPOSED AT REST")
+	// An untrusted object with a label is not a KEK: a warning, apart.
+	assert.NotContains(t, byName, "kek "+label+" v0")
+	bad := byName["foreign object "+label]
+	assert.True(t, bad.OK)
+	assert.True(t, bad.Warning)
+	assert.Contains(t, bad.Detail, "not CKA_TRUSTED")
 	before := raw.sessionKeys(t)
 	_, err = p.Doctor(bg)
 	require.NoError(t, err)
@@ -788,3 +831,7 @@ func TestWrapWithPadding(t *testing.T) {
 	_, err = p.WrapWith(bg, k, kek, WrapMechanism(42))
 	require.ErrorIs(t, err, ErrUnsupported)
 }
+
+// allowExposed is the explicit choice a test makes to have an AES KEK on
+// SoftHSM.
+var allowExposed = KEKOptions{AllowExposedAtRest: true}

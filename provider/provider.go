@@ -73,6 +73,13 @@ type EnforcementCheck struct {
 	Name   string
 	OK     bool
 	Detail string
+	// Unchecked: the check's premise failed (the token does not do the
+	// call with any key, or the transport drops it), so it proved nothing
+	// either way; OK is false. Open does not refuse the token for it.
+	Unchecked bool
+	// Warning: OK, but something the administrator chose or should know
+	// (an AES KEK stored in clear at rest, a foreign object).
+	Warning bool
 }
 
 // Enforcement returns the checks Open made of the export policy; empty under
@@ -246,8 +253,8 @@ func (p *Provider) open(ctx context.Context) error {
 	defer pool.Put(first)
 	if p.cfg.ExportPolicy == ExportTrusted {
 		for _, r := range pool.CheckEnforcement(first) {
-			p.enforcement = append(p.enforcement, EnforcementCheck(r))
-			if !r.OK {
+			p.enforcement = append(p.enforcement, EnforcementCheck{Name: r.Name, OK: r.OK, Detail: r.Detail, Unchecked: r.Unchecked})
+			if !r.OK && !r.Unchecked {
 				pool.Close() // the deferred Put then closes first
 				return fmt.Errorf("%w: token %s fails the %q check: %s (use export policy none on this token)", ErrUnsupported, tok, r.Name, r.Detail)
 			}

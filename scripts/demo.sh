@@ -18,18 +18,18 @@ step "hsmkeys tokens"
 hsmkeys tokens
 step "hsmkeys doctor (can this token keep our promises?)"
 hsmkeys doctor
-step "hsmkeys kek create --label demo (a trusted AES-256 KEK; asks for the SO PIN from HSMKEYS_SO_PIN_FILE)"
-hsmkeys kek create --label demo --type aes256
+step "hsmkeys kek create --label demo (the safe default here: an RSA-3072 KEK whose unwrapping half is a private object, encrypted at rest; SO PIN from HSMKEYS_SO_PIN_FILE)"
+hsmkeys kek create --label demo
 step "hsmkeys key new --kek demo -o session.key (a session key, born in the token, exported wrapped)"
 hsmkeys key new --kek demo -o "$work/session.key" --pem
 head -c 120 "$work/session.key"; echo ...
 step "hsmkeys key inspect --verify session.key"
 hsmkeys key inspect --verify "$work/session.key"
-step "hsmkeys kek create --label demo --type aes256 (a new version), then key rewrap"
-hsmkeys kek create --label demo --type aes256
+step "hsmkeys kek create --label demo (a new version), then key rewrap"
+hsmkeys kek create --label demo
 hsmkeys key rewrap --kek demo "$work/session.key"
 hsmkeys key inspect --verify "$work/session.key"
-step "hsmkeys kek list"
+step "hsmkeys kek list (RESTRICTED: each half takes OAEP only; AT-REST: protected)"
 hsmkeys kek list
 step "hsmkeys encrypt / decrypt a file, with an encryption context"
 head -c 3000000 /dev/urandom > "$work/report.bin"

@@ -12,9 +12,14 @@ var doctorSpec = spec{
 	path:  "doctor",
 	usage: "doctor [--pin-file FILE]",
 	about: `Checks, for real, whether this token can keep hsmkeys' promises: the
-mechanisms it needs, trusted-only wrapping and the wrap and unwrap templates
-(tried with throw-away session objects), a session key's whole life, and the
-attributes of every KEK on the token. It changes nothing on the token, and
+token's profile (whether it protects public objects at rest), the mechanisms
+it needs, trusted-only wrapping, the wrap and unwrap templates, that KEK
+halves restricted to their mechanisms refuse CKM_RSA_PKCS and AES-CBC/ECB,
+and that session keys refuse attribute changes (each tried with throw-away
+session objects, and counted only after the same call succeeded on an
+unrestricted twin; UNCHECKED where even the twin could not), a session key's
+whole life, every KEK on the token (WARN for an AES KEK stored in clear at
+rest), and foreign objects (WARN). It changes nothing on the token, and
 opens it with export policy "none" so that it runs on a token that the other
 commands refuse. Exit status 1 if any check fails.`,
 	examples: `hsmkeys doctor
@@ -22,9 +27,11 @@ hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so'
 }
 
 type checkJSON struct {
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail"`
+	Name      string `json:"name"`
+	OK        bool   `json:"ok"`
+	Unchecked bool   `json:"unchecked"`
+	Warning   bool   `json:"warning"`
+	Detail    string `json:"detail"`
 }
 
 func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
@@ -49,8 +56,8 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 	failed := 0
 	out := make([]checkJSON, len(checks))
 	for i, ch := range checks {
-		out[i] = checkJSON{ch.Name, ch.OK, ch.Detail}
-		if !ch.OK {
+		out[i] = checkJSON{ch.Name, ch.OK, ch.Unchecked, ch.Warning, ch.Detail}
+		if !ch.OK && !ch.Unchecked {
 			failed++
 		}
 	}
@@ -62,8 +69,13 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 		for _, ch := range checks {
 			status := "ok"
-			if !ch.OK {
+			switch {
+			case ch.Unchecked:
+				status = "UNCHECKED"
+			case !ch.OK:
 				status = "FAIL"
+			case ch.Warning:
+				status = "WARN"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", status, ch.Name, ch.Detail)
 		}

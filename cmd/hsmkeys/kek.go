@@ -20,25 +20,32 @@ import (
 
 var kekCreateSpec = spec{
 	path:  "kek create",
-	usage: "kek create --label NAME [--type aes256|aes128|rsa2048|rsa3072|rsa4096]",
+	usage: "kek create --label NAME [--type rsa3072|rsa2048|rsa4096|aes256|aes128] [--allow-exposed-at-rest]",
 	about: `Creates a key-encryption key named NAME on the token, or a new version of
 it if NAME exists (exported keys name the exact version they were wrapped
-under; new exports use the newest). AES KEKs wrap and unwrap; an RSA KEK is
-a pair: a trusted public half that wraps, and a private, non-extractable
-half that unwraps. Needs the SO PIN and the user PIN.`,
+under; new exports use the newest). An RSA KEK is a pair: a trusted public
+half that wraps (OAEP only), and a private, non-extractable half that
+unwraps (OAEP only), a private object that the token protects at rest under
+the user PIN. An AES KEK wraps and unwraps (key wrap only); the SO can make
+only public objects, and a token that stores public objects in clear
+(SoftHSM) keeps its value readable in its storage without any PIN: there,
+the default is rsa3072 and an AES KEK needs --allow-exposed-at-rest. Needs
+the SO PIN and the user PIN.`,
 	examples: `hsmkeys kek create --label backup
-hsmkeys kek create --label escrow --type rsa3072 --so-pin-file so.pin --pin-file user.pin
+hsmkeys kek create --label escrow --type rsa4096 --so-pin-file so.pin --pin-file user.pin
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' kek create --label backup --json`,
 }
 
 var kekImportSpec = spec{
 	path:  "kek import",
-	usage: "kek import --label NAME --secret-file FILE",
+	usage: "kek import --label NAME --secret-file FILE [--allow-exposed-at-rest]",
 	about: `Makes an AES KEK named NAME (or a new version of it) from a value an
 administrator supplies: a key ceremony, a KEK shared with another site.
 FILE must be mode 0600 and hold exactly 16 or 32 bytes, raw or as hex on one
 line. The value goes to the token and is cleared from memory; it is never
-printed. Needs the SO PIN and the user PIN.`,
+printed. On a token that stores public objects in clear (SoftHSM) the KEK
+would be readable in its storage without any PIN, so this needs
+--allow-exposed-at-rest there. Needs the SO PIN and the user PIN.`,
 	examples: `hsmkeys kek import --label site-b --secret-file /run/secrets/site-b.kek
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' kek import --label site-b --secret-file site-b.hex --so-pin-file /run/secrets/so-pin`,
 }
@@ -57,22 +64,30 @@ hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so'
 hsmkeys encrypt --kek partner -i report.pdf -o report.cms`,
 }
 
-var kekTypes = "aes256|aes128|rsa2048|rsa3072|rsa4096"
+var kekTypes = "rsa3072|rsa2048|rsa4096|aes256|aes128"
 
 func (c *cli) cmdKEKCreate(ctx context.Context, args []string) error {
 	fs := c.newFlags(kekCreateSpec)
 	label := fs.String("label", "", "the KEK's `NAME`")
-	typ := fs.String("type", "aes256", "`TYPE`: "+kekTypes)
+	typ := fs.String("type", "", "`TYPE`: "+kekTypes+" (default: rsa3072 where public objects are in clear at rest, as on SoftHSM; else aes256)")
+	exposed := fs.Bool("allow-exposed-at-rest", false, "allow an AES KEK on a token that stores it in clear at rest")
 	c.pinFlags(fs, true)
 	if err := c.parseKEKFlags(fs, args, label); err != nil {
 		return err
 	}
-	t, err := provider.ParseKEKType(*typ)
-	if err != nil || t == provider.KEKRSAPublic {
-		return usagef(fs.spec.path, "--type %q: want one of %s", *typ, kekTypes)
+	var t provider.KEKType
+	if *typ != "" {
+		var err error
+		t, err = provider.ParseKEKType(*typ)
+		if err != nil || t == provider.KEKRSAPublic {
+			return usagef(fs.spec.path, "--type %q: want one of %s", *typ, kekTypes)
+		}
 	}
 	return c.adminKEK(ctx, "created", func(a *provider.Admin) (*provider.KEK, error) {
-		return a.CreateKEK(ctx, *label, t)
+		if t == 0 {
+			t = a.Profile().DefaultKEKType()
+		}
+		return a.CreateKEKWith(ctx, *label, t, provider.KEKOptions{AllowExposedAtRest: *exposed})
 	})
 }
 
@@ -80,6 +95,7 @@ func (c *cli) cmdKEKImport(ctx context.Context, args []string) error {
 	fs := c.newFlags(kekImportSpec)
 	label := fs.String("label", "", "the KEK's `NAME`")
 	secret := fs.String("secret-file", "", "`FILE` holding the KEK value (mode 0600; 16 or 32 bytes, raw or hex)")
+	exposed := fs.Bool("allow-exposed-at-rest", false, "allow the AES KEK on a token that stores it in clear at rest")
 	c.pinFlags(fs, true)
 	if err := c.parseKEKFlags(fs, args, label); err != nil {
 		return err
@@ -88,7 +104,7 @@ func (c *cli) cmdKEKImport(ctx context.Context, args []string) error {
 		return usagef(fs.spec.path, "kek import needs --secret-file FILE")
 	}
 	return c.adminKEK(ctx, "imported", func(a *provider.Admin) (*provider.KEK, error) {
-		return a.ImportKEK(ctx, *label, *secret)
+		return a.ImportKEKWith(ctx, *label, *secret, provider.KEKOptions{AllowExposedAtRest: *exposed})
 	})
 }
 
@@ -143,7 +159,16 @@ func (c *cli) adminKEK(ctx context.Context, verb string, fn func(*provider.Admin
 		return c.writeJSON(kekToJSON(k))
 	}
 	fmt.Fprintf(c.stdout, "%s kek %q version %d (%s, id %s) on token %s\n", verb, k.Label, k.Version, kekTypeName(k), hex.EncodeToString(k.ID), a.Token())
+	if k.ExposedAtRest {
+		fmt.Fprintf(c.stderr, "hsmkeys: warning: %s\n", exposedWarning(k, a.Profile()))
+	}
 	return nil
+}
+
+// exposedWarning says plainly what an AES KEK on a token that keeps public
+// objects in clear gives away.
+func exposedWarning(k *provider.KEK, prof provider.TokenProfile) string {
+	return fmt.Sprintf("kek %q version %d is EXPOSED AT REST: %s stores public objects in clear, so anyone with a copy of the token's storage, and no pin, has this kek and every key and message wrapped under it", k.Label, k.Version, prof.Name)
 }
 
 // readRSAPublicKey reads the first PEM block of a kind we take.
@@ -199,6 +224,10 @@ type kekJSON struct {
 	Trusted           bool     `json:"trusted"`
 	CanUnwrap         bool     `json:"can_unwrap"`
 	TemplatesEnforced bool     `json:"templates_enforced"`
+	Restricted        bool     `json:"restricted"`
+	Outdated          bool     `json:"outdated"`
+	ExposedAtRest     bool     `json:"exposed_at_rest"`
+	Foreign           bool     `json:"foreign"`
 	Problems          []string `json:"problems"`
 }
 
@@ -210,7 +239,12 @@ func kekToJSON(k *provider.KEK) kekJSON {
 	return kekJSON{
 		Label: k.Label, Version: k.Version, ID: hex.EncodeToString(k.ID), Type: kekTypeName(k), Bits: k.Bits,
 		Trusted: k.Trusted, CanUnwrap: k.CanUnwrap(), TemplatesEnforced: templatesEnforced(k), Problems: problems,
+		Restricted: k.Restricted, Outdated: k.Outdated, ExposedAtRest: k.ExposedAtRest,
 	}
+}
+
+func foreignToJSON(f provider.ForeignObject) kekJSON {
+	return kekJSON{Label: f.Label, ID: hex.EncodeToString(f.ID), Type: "foreign " + f.Class, Foreign: true, Problems: []string{f.Why}}
 }
 
 func kekTypeName(k *provider.KEK) string {

@@ -17,8 +17,14 @@ var kekListSpec = spec{
 	usage: "kek list",
 	about: `Lists the KEKs on the token, oldest version first: name, version, id,
 type, whether the SO made it trusted, whether the token holds its unwrapping
-half, whether its wrap and unwrap templates are in force, and the problems
-that make hsmkeys refuse it. Needs the user PIN.`,
+half, whether its wrap and unwrap templates are in force, whether each half
+is restricted to its mechanisms (RSA: OAEP; AES: key wrap), whether its
+value is protected at rest ("CLEAR" for an AES KEK on a token that stores
+public objects in clear, such as SoftHSM), and the problems that make
+hsmkeys refuse it. Objects that share a KEK's label or id, or look like a
+KEK half, but that anyone could have made (not trusted, not private, not
+matching) are listed apart as foreign objects: hsmkeys ignores them. Needs
+the user PIN.`,
 	examples: `hsmkeys kek list
 hsmkeys --token hsmkeys kek list --json
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/secrets/hsm-pin' kek list`,
@@ -29,8 +35,10 @@ var kekDestroySpec = spec{
 	usage: "kek destroy --label NAME [--id HEX] [--yes]",
 	about: `Destroys one version of the KEK NAME (--id, as 'kek list' shows it), or
 every version of it. Exported keys and messages wrapped only under a
-destroyed version can never be opened again. Asks on the terminal first;
-without a terminal, --yes is required. Needs the user PIN.`,
+destroyed version can never be opened again. Only the KEK's own halves are
+destroyed: foreign objects with its label or id ('kek list') are not
+hsmkeys's, and are left alone. Asks on the terminal first; without a
+terminal, --yes is required. Needs the user PIN.`,
 	examples: `hsmkeys kek destroy --label backup --id 00000001a1b2c3d4e5f60718293a4b5c
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' kek destroy --label old-backup --yes`,
 }
@@ -54,28 +62,68 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	foreign, err := a.ForeignObjects(ctx)
+	if err != nil {
+		return err
+	}
 	if c.json {
-		out := make([]kekJSON, len(keks))
-		for i, k := range keks {
-			out[i] = kekToJSON(k)
+		out := make([]kekJSON, 0, len(keks)+len(foreign))
+		for _, k := range keks {
+			out = append(out, kekToJSON(k))
+		}
+		for _, f := range foreign {
+			out = append(out, foreignToJSON(f))
 		}
 		return c.writeJSON(out)
 	}
-	if len(keks) == 0 {
+	if len(keks) == 0 && len(foreign) == 0 {
 		fmt.Fprintf(c.stderr, "hsmkeys: no KEK on token %s; make one with 'hsmkeys kek create --label NAME'\n", a.Token())
 		return nil
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tPROBLEMS")
+	if len(keks) > 0 {
+		fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tRESTRICTED\tAT-REST\tPROBLEMS")
+	}
 	for _, k := range keks {
 		problems := "-"
 		if len(k.Problems) > 0 {
 			problems = strings.Join(k.Problems, "; ")
+			if k.Outdated {
+				problems = "OUTDATED (refused for wrapping; create a new version and rewrap): " + problems
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
-			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), problems)
+		atRest := "protected"
+		if k.ExposedAtRest {
+			atRest = "CLEAR"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
+			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), restricted(k.Restricted), atRest, problems)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, k := range keks {
+		if k.ExposedAtRest {
+			fmt.Fprintf(c.stderr, "hsmkeys: warning: %s\n", exposedWarning(k, a.Profile()))
+		}
+	}
+	if len(foreign) > 0 {
+		fmt.Fprintf(c.stdout, "\nforeign objects (ignored: anyone could have made them; hsmkeys never uses or destroys them):\n")
+		tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "LABEL\tID\tCLASS\tWHY")
+		for _, f := range foreign {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Label, hex.EncodeToString(f.ID), f.Class, f.Why)
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+func restricted(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
 }
 
 func yesNo(b bool) string {

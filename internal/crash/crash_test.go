@@ -84,7 +84,7 @@ func setup(dir string) error {
 	os.Setenv("SOFTHSM2_CONF", conf)
 	for _, args := range [][]string{
 		{"init-token", "--label", env.label},
-		{"kek", "create", "--label", "old", "--type", "aes256"},
+		{"kek", "create", "--label", "old", "--type", "aes256", "--allow-exposed-at-rest"},
 		{"kek", "create", "--label", "new", "--type", "rsa2048"},
 	} {
 		if out, err := hsmkeys(args...).CombinedOutput(); err != nil {

@@ -36,7 +36,7 @@ func BenchmarkScaling(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	kek, err := a.CreateKEK(ctx, "scaling", provider.KEKAES256)
+	kek, err := a.CreateKEKWith(ctx, "scaling", provider.KEKAES256, provider.KEKOptions{AllowExposedAtRest: true})
 	if err != nil {
 		b.Fatal(err)
 	}

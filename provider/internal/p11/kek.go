@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
@@ -52,6 +54,10 @@ type KEKObject struct {
 	Unwrap   Object // the object that unwraps: the AES key or the private key; 0 if none
 	Modulus  []byte // RSA only
 	Exponent []byte // RSA only
+	// Duplicate: another trusted object (or private half) has this CKA_ID;
+	// only the SO (or a user) could have made it. The first one found is
+	// Wrap (Unwrap); the KEK is refused.
+	Duplicate bool
 }
 
 // KEKIDSize is the size of the CKA_ID hsmkeys gives a KEK: a 4-byte
@@ -75,22 +81,6 @@ func KEKVersion(id []byte) uint32 {
 		return 0
 	}
 	return binary.BigEndian.Uint32(id)
-}
-
-// UnwrapTemplate is the CKA_UNWRAP_TEMPLATE of every KEK: what any key
-// unwrapped under it must be.
-func UnwrapTemplate() []ckraw.Attr {
-	return []ckraw.Attr{
-		{Type: pkcs11.CKA_TOKEN, Value: false},
-		{Type: pkcs11.CKA_PRIVATE, Value: true},
-		{Type: pkcs11.CKA_SENSITIVE, Value: true},
-		{Type: pkcs11.CKA_EXTRACTABLE, Value: true},
-		{Type: pkcs11.CKA_WRAP_WITH_TRUSTED, Value: true},
-		{Type: pkcs11.CKA_WRAP, Value: false},
-		{Type: pkcs11.CKA_UNWRAP, Value: false},
-		{Type: pkcs11.CKA_DERIVE, Value: false},
-		{Type: pkcs11.CKA_COPYABLE, Value: false},
-	}
 }
 
 // WrapTemplate is the CKA_WRAP_TEMPLATE of every KEK: it wraps only keys
@@ -124,6 +114,7 @@ func aesKEKTemplate(label string, id []byte) []ckraw.Attr {
 		ckraw.Attr{Type: pkcs11.CKA_SIGN, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_VERIFY, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_DERIVE, Value: false},
+		ckraw.Attr{Type: pkcs11.CKA_ALLOWED_MECHANISMS, Value: MechList(AESKEKMechanisms)},
 		ckraw.Attr{Type: pkcs11.CKA_UNWRAP_TEMPLATE, Value: UnwrapTemplate()},
 		ckraw.Attr{Type: pkcs11.CKA_WRAP_TEMPLATE, Value: WrapTemplate()},
 	)
@@ -221,6 +212,7 @@ func (a *AdminSession) GenerateRSAKEKPrivate(label string, id []byte, bits int) 
 		ckraw.Attr{Type: pkcs11.CKA_SIGN, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_SIGN_RECOVER, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_DERIVE, Value: false},
+		ckraw.Attr{Type: pkcs11.CKA_ALLOWED_MECHANISMS, Value: MechList(RSAKEKMechanisms)},
 		ckraw.Attr{Type: pkcs11.CKA_UNWRAP_TEMPLATE, Value: UnwrapTemplate()},
 	)
 	ph, kh, err := a.m.raw.GenerateKeyPair(uint(a.h), pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pub, priv)
@@ -232,8 +224,11 @@ func (a *AdminSession) GenerateRSAKEKPrivate(label string, id []byte, bits int) 
 		{Type: pkcs11.CKA_MODULUS}, {Type: pkcs11.CKA_PUBLIC_EXPONENT},
 	})
 	if err != nil {
-		_ = a.m.ctx.DestroyObject(a.h, pkcs11.ObjectHandle(kh))
-		return 0, nil, nil, wrapErr("C_GetAttributeValue", err)
+		err = wrapErr("C_GetAttributeValue", err)
+		if derr := a.m.ctx.DestroyObject(a.h, pkcs11.ObjectHandle(kh)); derr != nil {
+			return 0, nil, nil, fmt.Errorf("%w; the private key it made is still on the token: %w", err, wrapErr("C_DestroyObject", derr))
+		}
+		return 0, nil, nil, err
 	}
 	return Object(kh), got[0].Value, got[1].Value, nil
 }
@@ -256,6 +251,7 @@ func (a *AdminSession) CreateTrustedRSAPublic(label string, id, modulus, exponen
 		ckraw.Attr{Type: pkcs11.CKA_VERIFY, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_VERIFY_RECOVER, Value: false},
 		ckraw.Attr{Type: pkcs11.CKA_DERIVE, Value: false},
+		ckraw.Attr{Type: pkcs11.CKA_ALLOWED_MECHANISMS, Value: MechList(RSAKEKMechanisms)},
 		ckraw.Attr{Type: pkcs11.CKA_WRAP_TEMPLATE, Value: WrapTemplate()},
 	)
 	h, err := a.m.raw.CreateObject(uint(a.h), tmpl)
@@ -268,25 +264,61 @@ func (a *AdminSession) Destroy(obj Object) error {
 }
 
 // FindKEKs finds the KEKs visible to this session, with label and/or id
-// when given. The private halves of RSA KEKs are visible only when the user
-// is logged in.
-func (a *AdminSession) FindKEKs(label string, id []byte) ([]KEKObject, error) {
+// when given, and the foreign objects that share a label or an ID with
+// them. The private halves of RSA KEKs are visible only when the user is
+// logged in.
+func (a *AdminSession) FindKEKs(label string, id []byte) ([]KEKObject, []ForeignObject, error) {
 	return findKEKs(a.m, a.h, label, id)
 }
 
 // FindKEKs is FindKEKs through a pool session (logged in as the user).
-func (p *Pool) FindKEKs(s *Session, label string, id []byte) ([]KEKObject, error) {
+func (p *Pool) FindKEKs(s *Session, label string, id []byte) ([]KEKObject, []ForeignObject, error) {
 	return findKEKs(p.mod, s.h, label, id)
 }
 
-// findKEKs lists candidate objects (secret keys and public keys that can
-// wrap, private keys that can unwrap) and groups them by CKA_ID.
-func findKEKs(m *Module, h pkcs11.SessionHandle, label string, id []byte) ([]KEKObject, error) {
-	type found struct {
-		obj   Object
-		class uint
-	}
-	var all []found
+// ForeignObject is a token object that looks like part of a KEK (its class
+// and its wrap or unwrap attribute) but is not one: anyone could have made
+// it, so it never joins a KEK, never decides what a KEK is, and no KEK
+// command destroys or uses it.
+type ForeignObject struct {
+	Object Object
+	Class  uint
+	Label  string
+	ID     []byte
+	Why    string
+}
+
+// candidate is one object findKEKs looks at.
+type candidate struct {
+	obj      Object
+	class    uint
+	label    string
+	id       []byte
+	keyType  uint64
+	trusted  bool
+	private  bool
+	valueLen uint64
+	modulus  []byte
+	exponent []byte
+}
+
+// findKEKs lists the objects that could be KEK halves (secret and public
+// keys that can wrap, private keys that can unwrap) and keeps only those no
+// one without a PIN could have made:
+//
+//   - a wrapping object (AES key, RSA public key) must be CKA_TRUSTED, which
+//     only the SO can give, in the creating template (PKCS#11 v2.40 §4.9,
+//     TOKEN-FACTS);
+//   - an RSA private half must be CKA_PRIVATE, which takes the user login
+//     (§4.4: private objects);
+//   - the halves of an RSA KEK must share the CKA_ID and the modulus.
+//
+// Everything else that shares the label or ID asked for is returned as a
+// ForeignObject: a session with no login can create public token objects
+// with any label and ID (finding 7 of the 2026 review), and they must not
+// merge into, hide or break a KEK.
+func findKEKs(m *Module, h pkcs11.SessionHandle, label string, id []byte) ([]KEKObject, []ForeignObject, error) {
+	var all []candidate
 	for _, q := range []struct {
 		class uint
 		use   uint
@@ -308,60 +340,131 @@ func findKEKs(m *Module, h pkcs11.SessionHandle, label string, id []byte) ([]KEK
 		}
 		objs, err := findObjects(m.ctx, h, tmpl, 4096)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, o := range objs {
-			all = append(all, found{o, q.class})
+			c, err := readCandidate(m, h, o, q.class)
+			if err != nil {
+				return nil, nil, err
+			}
+			all = append(all, c)
 		}
+	}
+
+	var foreign []ForeignObject
+	reject := func(c candidate, why string) {
+		foreign = append(foreign, ForeignObject{Object: c.obj, Class: c.class, Label: c.label, ID: c.id, Why: why})
 	}
 	byID := map[string]*KEKObject{}
 	var order []string
-	for _, f := range all {
-		attrs := []*pkcs11.Attribute{{Type: pkcs11.CKA_LABEL}, {Type: pkcs11.CKA_ID}, {Type: pkcs11.CKA_KEY_TYPE}}
-		switch f.class {
-		case pkcs11.CKO_SECRET_KEY:
-			attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_VALUE_LEN})
-		case pkcs11.CKO_PUBLIC_KEY:
-			attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_MODULUS}, &pkcs11.Attribute{Type: pkcs11.CKA_PUBLIC_EXPONENT})
-		case pkcs11.CKO_PRIVATE_KEY:
-			attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_MODULUS})
-		}
-		got, err := m.ctx.GetAttributeValue(h, pkcs11.ObjectHandle(f.obj), attrs)
-		if err != nil {
-			return nil, wrapErr("C_GetAttributeValue", err)
-		}
-		kt, _ := ulong(got[2].Value)
-		key := string(got[1].Value)
-		k := byID[key]
+	get := func(c candidate) *KEKObject {
+		k := byID[string(c.id)]
 		if k == nil {
-			k = &KEKObject{Label: string(got[0].Value), ID: bytes.Clone(got[1].Value)}
-			byID[key] = k
-			order = append(order, key)
+			k = &KEKObject{Label: c.label, ID: bytes.Clone(c.id)}
+			byID[string(c.id)] = k
+			order = append(order, string(c.id))
 		}
+		return k
+	}
+	// Wrapping objects first: they are the SO's, and they decide the kind.
+	for _, c := range all {
 		switch {
-		case f.class == pkcs11.CKO_SECRET_KEY && kt == pkcs11.CKK_AES:
-			n, _ := ulong(got[3].Value)
-			k.Kind, k.Bits, k.Wrap, k.Unwrap = KindAES, int(n)*8, f.obj, f.obj
-		case f.class == pkcs11.CKO_PUBLIC_KEY && kt == pkcs11.CKK_RSA:
-			k.Wrap, k.Modulus, k.Exponent = f.obj, got[3].Value, got[4].Value
-			k.Bits = len(k.Modulus) * 8
-			if k.Kind == 0 {
-				k.Kind = KindRSAPublic
-			}
-		case f.class == pkcs11.CKO_PRIVATE_KEY && kt == pkcs11.CKK_RSA:
-			k.Unwrap, k.Kind = f.obj, KindRSA
-			if k.Bits == 0 {
-				k.Bits = len(got[3].Value) * 8
-			}
+		case c.class == pkcs11.CKO_PRIVATE_KEY:
+			continue
+		case !c.trusted:
+			reject(c, "not CKA_TRUSTED: anyone, even without a pin, could have made it")
+			continue
+		case c.class == pkcs11.CKO_SECRET_KEY && c.keyType != pkcs11.CKK_AES,
+			c.class == pkcs11.CKO_PUBLIC_KEY && c.keyType != pkcs11.CKK_RSA:
+			reject(c, "neither an aes key nor an rsa public key")
+			continue
+		}
+		k := get(c)
+		if k.Wrap != 0 {
+			k.Duplicate = true // two trusted objects with one id: only the so could do that
+			continue
+		}
+		k.Wrap = c.obj
+		if c.class == pkcs11.CKO_SECRET_KEY {
+			k.Kind, k.Bits, k.Unwrap = KindAES, int(c.valueLen)*8, c.obj
+		} else {
+			k.Kind, k.Modulus, k.Exponent, k.Bits = KindRSAPublic, c.modulus, c.exponent, len(c.modulus)*8
+		}
+	}
+	for _, c := range all {
+		if c.class != pkcs11.CKO_PRIVATE_KEY {
+			continue
+		}
+		if !c.private || c.keyType != pkcs11.CKK_RSA {
+			reject(c, "a public (CKA_PRIVATE=false) or non-rsa private key: not an hsmkeys kek half")
+			continue
+		}
+		k := byID[string(c.id)]
+		switch {
+		case k != nil && k.Kind == KindAES:
+			reject(c, "shares the id of an aes kek")
+			continue
+		case k != nil && k.Kind == KindRSA:
+			k.Duplicate = true
+			continue
+		case k != nil && !bytes.Equal(k.Modulus, c.modulus):
+			reject(c, "shares the id of an rsa kek but not its modulus")
+			continue
+		}
+		k = get(c)
+		k.Kind, k.Unwrap = KindRSA, c.obj
+		if k.Bits == 0 {
+			k.Bits = len(c.modulus) * 8
 		}
 	}
 	out := make([]KEKObject, 0, len(order))
 	for _, key := range order {
-		if k := byID[key]; k.Kind != 0 {
-			out = append(out, *k)
-		}
+		out = append(out, *byID[key])
 	}
-	return out, nil
+	return out, foreign, nil
+}
+
+// readCandidate reads what findKEKs needs to know about obj.
+func readCandidate(m *Module, h pkcs11.SessionHandle, obj Object, class uint) (candidate, error) {
+	attrs := []*pkcs11.Attribute{{Type: pkcs11.CKA_LABEL}, {Type: pkcs11.CKA_ID}, {Type: pkcs11.CKA_KEY_TYPE}, {Type: pkcs11.CKA_PRIVATE}}
+	switch class {
+	case pkcs11.CKO_SECRET_KEY:
+		attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_TRUSTED}, &pkcs11.Attribute{Type: pkcs11.CKA_VALUE_LEN})
+	case pkcs11.CKO_PUBLIC_KEY:
+		attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_TRUSTED}, &pkcs11.Attribute{Type: pkcs11.CKA_MODULUS}, &pkcs11.Attribute{Type: pkcs11.CKA_PUBLIC_EXPONENT})
+	case pkcs11.CKO_PRIVATE_KEY:
+		attrs = append(attrs, &pkcs11.Attribute{Type: pkcs11.CKA_MODULUS})
+	}
+	got, err := m.ctx.GetAttributeValue(h, pkcs11.ObjectHandle(obj), attrs)
+	if err != nil {
+		if !attributeAnswer(err) {
+			return candidate{}, wrapErr("C_GetAttributeValue", err)
+		}
+		// An object that will not say what it is (an attribute it lacks):
+		// read one by one, what is missing stays empty, so it is foreign.
+		for i := range attrs {
+			if g, err := m.ctx.GetAttributeValue(h, pkcs11.ObjectHandle(obj), attrs[i:i+1]); err == nil {
+				attrs[i] = g[0]
+			} else if !attributeAnswer(err) {
+				return candidate{}, wrapErr("C_GetAttributeValue", err)
+			}
+		}
+		got = attrs
+	}
+	c := candidate{obj: obj, class: class, label: string(got[0].Value), id: bytes.Clone(got[1].Value)}
+	c.keyType, _ = ulong(got[2].Value)
+	c.private = len(got[3].Value) == 1 && got[3].Value[0] != 0
+	switch class {
+	case pkcs11.CKO_SECRET_KEY:
+		c.trusted = len(got[4].Value) == 1 && got[4].Value[0] != 0
+		c.valueLen, _ = ulong(got[5].Value)
+	case pkcs11.CKO_PUBLIC_KEY:
+		c.trusted = len(got[4].Value) == 1 && got[4].Value[0] != 0
+		c.modulus, c.exponent = got[5].Value, got[6].Value
+	case pkcs11.CKO_PRIVATE_KEY:
+		c.modulus = got[4].Value
+	}
+	return c, nil
 }
 
 func findObjects(ctx *ckraw.Ctx, h pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]Object, error) {
@@ -385,14 +488,24 @@ func findObjects(ctx *ckraw.Ctx, h pkcs11.SessionHandle, tmpl []*pkcs11.Attribut
 	return out, wrapErr("C_FindObjectsFinal", ctx.FindObjectsFinal(h))
 }
 
+// Problem is one way a KEK's objects differ from what hsmkeys requires.
+type Problem struct {
+	Text string
+	// Outdated: a restriction that KEKs made by hsmkeys before the 2026
+	// review lack (CKA_ALLOWED_MECHANISMS, the full unwrap template). Such
+	// a KEK cannot be fixed (it is not modifiable): it may still unwrap, so
+	// that keys can be rewrapped, but never wrap again.
+	Outdated bool
+}
+
 // KEKProblems checks a KEK's objects against the attributes hsmkeys
 // requires and says what is wrong, in words; nil means none. An error is a
 // failure to ask (a device error, a dead session), which says nothing about
 // the KEK.
-func (a *AdminSession) KEKProblems(k KEKObject) ([]string, error) { return kekProblems(a.m, a.h, k) }
+func (a *AdminSession) KEKProblems(k KEKObject) ([]Problem, error) { return kekProblems(a.m, a.h, k) }
 
 // KEKProblems is KEKProblems through a pool session.
-func (p *Pool) KEKProblems(s *Session, k KEKObject) ([]string, error) {
+func (p *Pool) KEKProblems(s *Session, k KEKObject) ([]Problem, error) {
 	return kekProblems(p.mod, s.h, k)
 }
 
@@ -405,43 +518,81 @@ func attributeAnswer(err error) bool {
 	return !ok || code == pkcs11.CKR_ATTRIBUTE_TYPE_INVALID || code == pkcs11.CKR_ATTRIBUTE_SENSITIVE
 }
 
-func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) ([]string, error) {
-	var problems []string
+// legacyUnwrapTemplate is the CKA_UNWRAP_TEMPLATE of KEKs made before
+// the template pinned class, key type, every usage and the mechanisms.
+func legacyUnwrapTemplate() []ckraw.Attr {
+	return []ckraw.Attr{
+		{Type: pkcs11.CKA_TOKEN, Value: false},
+		{Type: pkcs11.CKA_PRIVATE, Value: true},
+		{Type: pkcs11.CKA_SENSITIVE, Value: true},
+		{Type: pkcs11.CKA_EXTRACTABLE, Value: true},
+		{Type: pkcs11.CKA_WRAP_WITH_TRUSTED, Value: true},
+		{Type: pkcs11.CKA_WRAP, Value: false},
+		{Type: pkcs11.CKA_UNWRAP, Value: false},
+		{Type: pkcs11.CKA_DERIVE, Value: false},
+	}
+}
+
+func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) ([]Problem, error) {
+	var problems []Problem
 	var failed error
-	check := func(obj Object, role string, want []boolAttr, wrapT, unwrapT bool) {
-		q := make([]*pkcs11.Attribute, len(want))
+	add := func(outdated bool, format string, a ...any) {
+		problems = append(problems, Problem{Text: fmt.Sprintf(format, a...), Outdated: outdated})
+	}
+	check := func(obj Object, role string, want []boolAttr, mechs []uint, wrapT, unwrapT bool) {
+		q := make([]*pkcs11.Attribute, len(want)+1)
 		for i, a := range want {
 			q[i] = &pkcs11.Attribute{Type: a.t}
 		}
+		q[len(want)] = &pkcs11.Attribute{Type: pkcs11.CKA_ALLOWED_MECHANISMS}
 		got, err := m.ctx.GetAttributeValue(h, pkcs11.ObjectHandle(obj), q)
 		if err != nil {
 			if !attributeAnswer(err) {
 				failed = cmp.Or(failed, wrapErr("C_GetAttributeValue", err))
 				return
 			}
-			problems = append(problems, fmt.Sprintf("%s: cannot read attributes: %v", role, wrapErr("C_GetAttributeValue", err)))
+			add(false, "%s: cannot read attributes: %v", role, wrapErr("C_GetAttributeValue", err))
 			return
 		}
 		for i, a := range want {
 			v := got[i].Value
 			if len(v) != 1 || (v[0] != 0) != a.v {
-				problems = append(problems, fmt.Sprintf("%s: %s is not %v", role, AttrName(a.t), a.v))
+				add(false, "%s: %s is not %v", role, AttrName(a.t), a.v)
 			}
+		}
+		switch am := got[len(want)].Value; {
+		case len(am) == 0:
+			add(true, "%s: no CKA_ALLOWED_MECHANISMS, so the token lets it work with any mechanism (%s)", role, mechExample(mechs))
+		case !mechsWithin(am, mechs):
+			add(false, "%s: CKA_ALLOWED_MECHANISMS allows more than %s", role, mechNames(mechs))
 		}
 		if wrapT {
 			if ok, err := templateHas(m, h, obj, pkcs11.CKA_WRAP_TEMPLATE, WrapTemplate()); err != nil {
 				failed = cmp.Or(failed, err)
 			} else if !ok {
-				problems = append(problems, role+": no CKA_WRAP_TEMPLATE requiring CKA_WRAP_WITH_TRUSTED")
+				add(false, "%s: no CKA_WRAP_TEMPLATE requiring CKA_WRAP_WITH_TRUSTED", role)
 			}
 		}
 		if unwrapT {
-			if ok, err := templateHas(m, h, obj, pkcs11.CKA_UNWRAP_TEMPLATE, UnwrapTemplate()); err != nil {
+			full, err := templateHas(m, h, obj, pkcs11.CKA_UNWRAP_TEMPLATE, UnwrapTemplate())
+			if err != nil {
 				failed = cmp.Or(failed, err)
-			} else if !ok {
-				problems = append(problems, role+": no CKA_UNWRAP_TEMPLATE forcing sensitive session keys")
+				return
+			}
+			if full {
+				return
+			}
+			if legacy, err := templateHas(m, h, obj, pkcs11.CKA_UNWRAP_TEMPLATE, legacyUnwrapTemplate()); err != nil {
+				failed = cmp.Or(failed, err)
+			} else if legacy {
+				add(true, "%s: CKA_UNWRAP_TEMPLATE does not pin class, key type, every usage and the allowed mechanisms", role)
+			} else {
+				add(false, "%s: no CKA_UNWRAP_TEMPLATE forcing sensitive session keys", role)
 			}
 		}
+	}
+	if k.Duplicate {
+		add(false, "more than one trusted object or private half has this id")
 	}
 	base := []boolAttr{
 		{pkcs11.CKA_TOKEN, true},
@@ -453,28 +604,60 @@ func kekProblems(m *Module, h pkcs11.SessionHandle, k KEKObject) ([]string, erro
 			boolAttr{pkcs11.CKA_SENSITIVE, true}, boolAttr{pkcs11.CKA_EXTRACTABLE, false},
 			boolAttr{pkcs11.CKA_TRUSTED, true}, boolAttr{pkcs11.CKA_WRAP, true}, boolAttr{pkcs11.CKA_UNWRAP, true},
 			boolAttr{pkcs11.CKA_ENCRYPT, false}, boolAttr{pkcs11.CKA_DECRYPT, false},
-			boolAttr{pkcs11.CKA_SIGN, false}, boolAttr{pkcs11.CKA_DERIVE, false}), true, true)
+			boolAttr{pkcs11.CKA_SIGN, false}, boolAttr{pkcs11.CKA_DERIVE, false}), AESKEKMechanisms, true, true)
 	case KindRSA, KindRSAPublic:
 		if k.Wrap == 0 {
-			problems = append(problems, "no trusted public half: it cannot wrap")
+			add(false, "no trusted public half: it cannot wrap")
 		} else {
 			check(k.Wrap, "public key", append(base,
 				boolAttr{pkcs11.CKA_TRUSTED, true}, boolAttr{pkcs11.CKA_WRAP, true},
 				boolAttr{pkcs11.CKA_ENCRYPT, false}, boolAttr{pkcs11.CKA_VERIFY, false},
-				boolAttr{pkcs11.CKA_DERIVE, false}), true, false)
+				boolAttr{pkcs11.CKA_DERIVE, false}), RSAKEKMechanisms, true, false)
 		}
 		if k.Kind == KindRSA {
 			check(k.Unwrap, "private key", append(base,
 				boolAttr{pkcs11.CKA_PRIVATE, true}, boolAttr{pkcs11.CKA_SENSITIVE, true},
 				boolAttr{pkcs11.CKA_EXTRACTABLE, false}, boolAttr{pkcs11.CKA_UNWRAP, true},
 				boolAttr{pkcs11.CKA_DECRYPT, false}, boolAttr{pkcs11.CKA_SIGN, false},
-				boolAttr{pkcs11.CKA_DERIVE, false}), false, true)
+				boolAttr{pkcs11.CKA_DERIVE, false}), RSAKEKMechanisms, false, true)
 		}
 	}
 	if failed != nil {
 		return nil, failed
 	}
 	return problems, nil
+}
+
+var mechNamesByType = map[uint]string{
+	pkcs11.CKM_AES_KEY_WRAP: "CKM_AES_KEY_WRAP", pkcs11.CKM_AES_KEY_WRAP_PAD: "CKM_AES_KEY_WRAP_PAD",
+	CKMAESKeyWrapKWP: "CKM_AES_KEY_WRAP_KWP", pkcs11.CKM_RSA_PKCS_OAEP: "CKM_RSA_PKCS_OAEP",
+	pkcs11.CKM_AES_GCM: "CKM_AES_GCM", pkcs11.CKM_AES_CTR: "CKM_AES_CTR", pkcs11.CKM_AES_ECB: "CKM_AES_ECB",
+	pkcs11.CKM_AES_CBC: "CKM_AES_CBC", pkcs11.CKM_RSA_PKCS: "CKM_RSA_PKCS",
+}
+
+// MechName is the CKM_* name of a mechanism.
+func MechName(m uint) string {
+	if n, ok := mechNamesByType[m]; ok {
+		return n
+	}
+	return fmt.Sprintf("mechanism 0x%X", m)
+}
+
+func mechNames(ms []uint) string {
+	names := make([]string, len(ms))
+	for i, m := range ms {
+		names[i] = MechName(m)
+	}
+	return strings.Join(names, ", ")
+}
+
+// mechExample names the dangerous mechanisms an unrestricted KEK half of
+// this kind accepts.
+func mechExample(ms []uint) string {
+	if slices.Contains(ms, pkcs11.CKM_RSA_PKCS_OAEP) {
+		return "CKM_RSA_PKCS too, a padding oracle"
+	}
+	return "CKM_AES_CBC and CKM_AES_ECB too"
 }
 
 // templateHas reports whether obj's array attribute t holds every entry of
@@ -489,10 +672,9 @@ func templateHas(m *Module, h pkcs11.SessionHandle, obj Object, t uint, want []c
 		return false, nil
 	}
 	for _, w := range want {
-		wv, _ := w.Value.(bool)
 		found := false
 		for _, g := range got {
-			if gv, ok := g.Bool(); ok && g.Type == w.Type && gv == wv {
+			if b, ok := g.Value.([]byte); ok && g.Type == w.Type && sameValue(w.Type, b, w.Value) {
 				found = true
 			}
 		}
@@ -598,15 +780,11 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 	}
 	spec := SecretKeySpec{Bytes: size, Extractable: true, WrapWithTrusted: true}
 	pol := sessionKeyPolicy(spec)
+	// Every attribute of the KEK's CKA_UNWRAP_TEMPLATE, whatever the KEK
+	// carries (an older KEK's template pins less; ours pins it all).
 	// CKA_VALUE_LEN stays out: SoftHSM refuses it in unwrap templates
 	// (CKR_ATTRIBUTE_READ_ONLY, TOKEN-FACTS); the length is checked below.
-	tmpl := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-	}
-	for _, a := range pol {
-		tmpl = append(tmpl, pkcs11.NewAttribute(a.t, a.v))
-	}
+	tmpl := toMiekg(UnwrapTemplate())
 	h, err := p.ctx().UnwrapKey(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl)
 	if alt, ok := padAlternative(mech, err); ok {
 		am, _ := alt.mechanism()

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
@@ -29,22 +30,27 @@ type SecretKeySpec struct {
 
 // Attribute names for messages about policy.
 var attrNames = map[uint]string{
-	pkcs11.CKA_TOKEN:             "CKA_TOKEN",
-	pkcs11.CKA_PRIVATE:           "CKA_PRIVATE",
-	pkcs11.CKA_SENSITIVE:         "CKA_SENSITIVE",
-	pkcs11.CKA_EXTRACTABLE:       "CKA_EXTRACTABLE",
-	pkcs11.CKA_WRAP_WITH_TRUSTED: "CKA_WRAP_WITH_TRUSTED",
-	pkcs11.CKA_ENCRYPT:           "CKA_ENCRYPT",
-	pkcs11.CKA_DECRYPT:           "CKA_DECRYPT",
-	pkcs11.CKA_WRAP:              "CKA_WRAP",
-	pkcs11.CKA_UNWRAP:            "CKA_UNWRAP",
-	pkcs11.CKA_DERIVE:            "CKA_DERIVE",
-	pkcs11.CKA_SIGN:              "CKA_SIGN",
-	pkcs11.CKA_VERIFY:            "CKA_VERIFY",
-	pkcs11.CKA_VALUE_LEN:         "CKA_VALUE_LEN",
-	pkcs11.CKA_TRUSTED:           "CKA_TRUSTED",
-	pkcs11.CKA_MODIFIABLE:        "CKA_MODIFIABLE",
-	pkcs11.CKA_COPYABLE:          "CKA_COPYABLE",
+	pkcs11.CKA_TOKEN:              "CKA_TOKEN",
+	pkcs11.CKA_PRIVATE:            "CKA_PRIVATE",
+	pkcs11.CKA_SENSITIVE:          "CKA_SENSITIVE",
+	pkcs11.CKA_EXTRACTABLE:        "CKA_EXTRACTABLE",
+	pkcs11.CKA_WRAP_WITH_TRUSTED:  "CKA_WRAP_WITH_TRUSTED",
+	pkcs11.CKA_ENCRYPT:            "CKA_ENCRYPT",
+	pkcs11.CKA_DECRYPT:            "CKA_DECRYPT",
+	pkcs11.CKA_WRAP:               "CKA_WRAP",
+	pkcs11.CKA_UNWRAP:             "CKA_UNWRAP",
+	pkcs11.CKA_DERIVE:             "CKA_DERIVE",
+	pkcs11.CKA_SIGN:               "CKA_SIGN",
+	pkcs11.CKA_VERIFY:             "CKA_VERIFY",
+	pkcs11.CKA_VALUE_LEN:          "CKA_VALUE_LEN",
+	pkcs11.CKA_TRUSTED:            "CKA_TRUSTED",
+	pkcs11.CKA_MODIFIABLE:         "CKA_MODIFIABLE",
+	pkcs11.CKA_COPYABLE:           "CKA_COPYABLE",
+	pkcs11.CKA_CLASS:              "CKA_CLASS",
+	pkcs11.CKA_KEY_TYPE:           "CKA_KEY_TYPE",
+	pkcs11.CKA_ALLOWED_MECHANISMS: "CKA_ALLOWED_MECHANISMS",
+	pkcs11.CKA_SIGN_RECOVER:       "CKA_SIGN_RECOVER",
+	pkcs11.CKA_VERIFY_RECOVER:     "CKA_VERIFY_RECOVER",
 }
 
 // AttrName is the CKA_* name of an attribute type.
@@ -98,7 +104,7 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 		return 0, fmt.Errorf("%w: aes key length %d", ErrInput, spec.Bytes)
 	}
 	pol := sessionKeyPolicy(spec)
-	tmpl := make([]*pkcs11.Attribute, 0, len(pol)+3)
+	tmpl := make([]*pkcs11.Attribute, 0, len(pol)+5)
 	tmpl = append(tmpl,
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
@@ -107,6 +113,12 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 	for _, a := range pol {
 		tmpl = append(tmpl, pkcs11.NewAttribute(a.t, a.v))
 	}
+	// Limited to the provider's mechanisms, and frozen: CKA_MODIFIABLE
+	// last, as in UnwrapTemplate.
+	tmpl = append(tmpl,
+		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, MechList(SessionKeyMechanisms)),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+	)
 	h, err := p.ctx().GenerateKey(s.h, []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
 	if err != nil {
 		return 0, wrapErr("C_GenerateKey", err)
@@ -135,11 +147,16 @@ func (p *Pool) verifyBools(s *Session, obj Object, want []boolAttr, valueLen uin
 
 // verifyAttrs is verifyBools; for an unwrapped key a CKA_VALUE_LEN of 0 is
 // accepted as "not reported".
+//
+// Every session key also carries CKA_MODIFIABLE=false and exactly
+// SessionKeyMechanisms as CKA_ALLOWED_MECHANISMS; both are read back too.
 func (p *Pool) verifyAttrs(s *Session, obj Object, want []boolAttr, valueLen uint, unwrapped bool) error {
-	q := make([]*pkcs11.Attribute, 0, len(want)+1)
+	want = append(slices.Clip(want), boolAttr{pkcs11.CKA_MODIFIABLE, false})
+	q := make([]*pkcs11.Attribute, 0, len(want)+2)
 	for _, a := range want {
 		q = append(q, &pkcs11.Attribute{Type: a.t})
 	}
+	q = append(q, &pkcs11.Attribute{Type: pkcs11.CKA_ALLOWED_MECHANISMS})
 	if valueLen > 0 {
 		q = append(q, &pkcs11.Attribute{Type: pkcs11.CKA_VALUE_LEN})
 	}
@@ -153,8 +170,11 @@ func (p *Pool) verifyAttrs(s *Session, obj Object, want []boolAttr, valueLen uin
 			return fmt.Errorf("%w: %s is not %v", ErrPolicyIgnored, AttrName(a.t), a.v)
 		}
 	}
+	if !sameMechs(got[len(want)].Value, SessionKeyMechanisms) {
+		return fmt.Errorf("%w: CKA_ALLOWED_MECHANISMS is not gcm, ctr and ecb only", ErrPolicyIgnored)
+	}
 	if valueLen > 0 {
-		n, ok := ulong(got[len(want)].Value)
+		n, ok := ulong(got[len(want)+1].Value)
 		// SoftHSM reports 0 for unwrapped keys (see Unwrap): unknown, not wrong.
 		if !ok || (n != uint64(valueLen) && !(n == 0 && unwrapped)) {
 			return fmt.Errorf("%w: %w: CKA_VALUE_LEN is %d, not %d", ErrPolicyIgnored, errValueLen, n, valueLen)

@@ -125,7 +125,7 @@ func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	all, err := tokens(mod)
 	if err == nil {
 		var tok TokenInfo
-		if tok, err = selectToken(cfg, all); err == nil {
+		if tok, err = selectToken(cfg, mod, all); err == nil {
 			return &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}, nil
 		}
 	}

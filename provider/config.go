@@ -30,8 +30,13 @@ type Config struct {
 	InitArgs string
 	// URI is an RFC 7512 PKCS#11 URI, for example
 	// pkcs11:token=ci?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin
-	// Its token, serial, slot-id, module-path, pin-source and pin-value
-	// attributes are used.
+	// Every attribute it names must match, or no token is selected
+	// (RFC 7512 §3.3): token, serial, model, manufacturer, slot-id,
+	// slot-description and slot-manufacturer against the slots and tokens,
+	// library-manufacturer, library-description and library-version against
+	// C_GetInfo. module-path names the module; module-name names it as
+	// p11-kit does (FindModule). pin-source (file: only) and pin-value give
+	// the PIN. With no module named anywhere, DefaultModule is used.
 	URI string
 	// TokenLabel, TokenSerial and Slot select a token.
 	TokenLabel  string
@@ -55,6 +60,10 @@ type Config struct {
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
+
+	// match holds the URI's attributes that have no field above; set by
+	// resolve.
+	match tokenMatch
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.
@@ -108,14 +117,44 @@ func (c Config) String() string {
 // GoString keeps %#v as safe as %v.
 func (c Config) GoString() string { return c.String() }
 
-// resolve merges the URI into the explicit fields.
+// resolve merges the URI into the explicit fields and picks the module:
+// Module, the URI's module-path, its module-name, then DefaultModule.
 func (c Config) resolve() (Config, error) {
+	c, err := c.resolveURI()
+	if err != nil || c.Module != "" {
+		return c, err
+	}
+	c.Module, err = DefaultModule()
+	return c, err
+}
+
+func (c Config) resolveURI() (Config, error) {
 	if c.URI == "" {
 		return c, nil
 	}
 	u, err := pkcs11uri.Parse(c.URI)
 	if err != nil {
 		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c.match = tokenMatch{
+		model: u.Model, manufacturer: u.Manufacturer,
+		slotDescription: u.SlotDescription, slotManufacturer: u.SlotManufacturer,
+		libManufacturer: u.LibraryManufacturer, libDescription: u.LibraryDescription, libVersion: u.LibraryVersion,
+	}
+	if u.ModuleName != "" {
+		path, err := FindModule(u.ModuleName)
+		if err != nil {
+			return c, err
+		}
+		if u.ModulePath != "" && !sameFile(u.ModulePath, path) {
+			return c, fmt.Errorf("%w: uri module-name %q is %s, not its module-path %s", ErrConfig, u.ModuleName, path, u.ModulePath)
+		}
+		if c.Module != "" && !sameFile(c.Module, path) {
+			return c, fmt.Errorf("%w: uri module-name %q is %s, not the configured module %s", ErrConfig, u.ModuleName, path, c.Module)
+		}
+		if u.ModulePath == "" && c.Module == "" {
+			c.Module = path
+		}
 	}
 	merge := func(name string, field *string, v string) error {
 		if v == "" {

@@ -18,7 +18,9 @@ var kekListSpec = spec{
 	about: `Lists the KEKs on the token, oldest version first: name, version, id,
 type, whether the SO made it trusted, whether the token holds its unwrapping
 half, whether its wrap and unwrap templates are in force, and the problems
-that make hsmkeys refuse it. Needs the user PIN.`,
+that make hsmkeys refuse it, and its RFC 7512 object URI, which --kek
+takes wherever it takes a name (the URI names that exact version). Needs
+the user PIN.`,
 	examples: `hsmkeys kek list
 hsmkeys --token hsmkeys kek list --json
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/secrets/hsm-pin' kek list`,
@@ -58,6 +60,7 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 		out := make([]kekJSON, len(keks))
 		for i, k := range keks {
 			out[i] = kekToJSON(k)
+			out[i].URI = k.URI(a.Token())
 		}
 		return c.writeJSON(out)
 	}
@@ -66,14 +69,14 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tPROBLEMS")
+	fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tPROBLEMS\tURI")
 	for _, k := range keks {
 		problems := "-"
 		if len(k.Problems) > 0 {
 			problems = strings.Join(k.Problems, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
-			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), problems)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
+			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), problems, k.URI(a.Token()))
 	}
 	return tw.Flush()
 }

@@ -49,7 +49,12 @@ func checkedMain() {
 }
 
 func softhsmModule() string {
-	for _, m := range softhsmModules {
+	for _, m := range []string{
+		"/usr/lib/softhsm/libsofthsm2.so",
+		"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+		"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+		"/usr/local/lib/softhsm/libsofthsm2.so",
+	} {
 		if _, err := os.Stat(m); err == nil {
 			return m
 		}

@@ -131,9 +131,11 @@ func moduleLine(file string) string {
 	return ""
 }
 
+// exists reports whether path is a regular file (after symlinks): a
+// library dlopen can load.
 func exists(path string) bool {
 	fi, err := os.Stat(path)
-	return err == nil && !fi.IsDir()
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // FindModule resolves a bare module name, as in an RFC 7512 "module-name"

@@ -125,9 +125,10 @@ func setupToken(env *testscript.Env, module string) error {
 	return nil
 }
 
-// condition answers [openssl], [nss] (NSS softoken and certutil) and
-// [p11kit] (p11-kit's proxy with SoftHSM registered): false skips a
-// script, except under CI, where a missing part fails it.
+// condition answers [openssl], [nss] (NSS softoken and certutil),
+// [p11kit] (p11-kit's proxy with SoftHSM registered) and [unshare] (that,
+// as root, with unshare): false skips a script, except under CI, where a
+// missing part fails it.
 func condition(cond string) (bool, error) {
 	var need []string
 	switch cond {
@@ -137,6 +138,13 @@ func condition(cond string) (bool, error) {
 		need = []string{"certutil", "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"}
 	case "p11kit":
 		need = []string{"/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so", "/usr/share/p11-kit/modules/softhsm2.module"}
+	case "unshare":
+		// A private mount namespace (unshare --mount, root only) to hide a
+		// file from one command; skipped, even under CI, when not root.
+		if os.Geteuid() != 0 {
+			return false, nil
+		}
+		need = []string{"unshare", "mount", "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so", "/usr/share/p11-kit/modules/softhsm2.module"}
 	default:
 		return false, fmt.Errorf("unknown condition %q", cond)
 	}

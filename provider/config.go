@@ -19,7 +19,9 @@ import (
 // left empty; a field set both ways with different values is an error.
 type Config struct {
 	// Module is the path of the PKCS#11 library, for example
-	// /usr/lib/softhsm/libsofthsm2.so.
+	// /usr/lib/softhsm/libsofthsm2.so. Empty: the URI's module-path or
+	// module-name, else DefaultModule (p11-kit's proxy; never a vendor's
+	// module or SoftHSM by itself).
 	Module string
 	// InitArgs, when not empty, is passed to the module's C_Initialize as
 	// CK_C_INITIALIZE_ARGS.pReserved (PKCS#11 v2.40 base §5.4), for modules

@@ -90,9 +90,9 @@ func Tokens(path string) ([]TokenInfo, error) {
 	return TokensOf(Config{Module: path})
 }
 
-// TokensOf lists the tokens present in cfg's module (Config.Module or the
-// URI's module-path), initialised with cfg.InitArgs. Nothing else of cfg
-// is used. A transient failure (p11.Transient: SoftHSM's file store while
+// TokensOf lists the tokens present in cfg's module (Config.Module, the
+// URI's module-path or module-name, else DefaultModule), initialised with
+// cfg.InitArgs. The URI's token attributes do not filter the list. A transient failure (p11.Transient: SoftHSM's file store while
 // other processes use the token) is tried again a few times, loading the
 // module anew.
 func TokensOf(cfg Config) ([]TokenInfo, error) {

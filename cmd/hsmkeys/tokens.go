@@ -116,6 +116,16 @@ func (c *cli) cmdInitToken(ctx context.Context, args []string) error {
 	if so == nil || user == nil {
 		return usagef(fs.spec.path, "init-token needs the SO PIN and the user PIN (--so-pin-file, --pin-file)")
 	}
+	// Erasing a token is never done on a module nobody named: through
+	// p11-kit's proxy, "the first free slot" could belong to any module.
+	attrs := map[string]string{}
+	if c.useURI() {
+		attrs = uriAttrs(c.uri)
+	}
+	if c.module == "" && attrs["module-path"] == "" && attrs["module-name"] == "" {
+		return &usageError{msg: "init-token erases a token and needs its module named",
+			hint: "give --module PATH, HSMKEYS_MODULE, or module-path or module-name in --uri"}
+	}
 	mod, err := c.modulePath()
 	if err != nil {
 		return err

@@ -252,7 +252,7 @@ func (a *Admin) keks(ctx context.Context, label string, id []byte) ([]*KEK, erro
 
 // nextID returns a CKA_ID for the next version of name.
 func (a *Admin) nextID(ctx context.Context, name string) ([]byte, error) {
-	if name == "" || len(name) > 128 || strings.ContainsAny(name, "\x00\n") {
+	if name == "" || len(name) > 128 || strings.ContainsAny(name, "\x00\n") || isURI(name) { // a "pkcs11:" name would read as a URI
 		return nil, fmt.Errorf("%w: kek name %q", ErrInvalidInput, name)
 	}
 	ks, err := a.keks(ctx, name, nil)

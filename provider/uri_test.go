@@ -330,3 +330,10 @@ func TestKEKByURI(t *testing.T) {
 	require.NotNil(t, wrapped)
 	require.NoError(t, k.Destroy(bg))
 }
+
+// A KEK name that reads as a URI is refused: Provider.KEK would never find it.
+func TestKEKNameIsNotAURI(t *testing.T) {
+	a := openAdmin(t)
+	_, err := a.CreateKEK(bg, "PKCS11:object=x", KEKAES256)
+	require.ErrorIs(t, err, ErrInvalidInput)
+}

@@ -14,7 +14,7 @@ import (
 
 // softhsmSession makes a SoftHSM token in a temporary directory and returns
 // a session on it logged in as the user.
-func softhsmSession(t *testing.T) (*Module, pkcs11.SessionHandle) {
+func softhsmSession(t testing.TB) (*Module, pkcs11.SessionHandle) {
 	t.Helper()
 	var module string
 	for _, m := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so", "/usr/local/lib/softhsm/libsofthsm2.so"} {
@@ -56,7 +56,7 @@ func softhsmSession(t *testing.T) (*Module, pkcs11.SessionHandle) {
 	return m, h
 }
 
-func countObjects(t *testing.T, m *Module, h pkcs11.SessionHandle) int {
+func countObjects(t testing.TB, m *Module, h pkcs11.SessionHandle) int {
 	t.Helper()
 	objs, err := findObjects(m.ctx, h, nil, 4096)
 	require.NoError(t, err)
@@ -151,4 +151,33 @@ func TestRefusedAttributeNamed(t *testing.T) {
 	got = m.explain(h, bad, []uint{pkcs11.CKA_LABEL, pkcs11.CKA_ID}, func(pkcs11.SessionHandle, int) bool { return false })
 	require.True(t, errors.Is(got, pkcs11.Error(pkcs11.CKR_TEMPLATE_INCONSISTENT)))
 	require.True(t, strings.Contains(got.Error(), "several are refused"), got.Error())
+}
+
+// BenchmarkRefusedExplain is the price of naming the attribute, paid only
+// after a template refusal: one failed C_GenerateKey of a 7-attribute AES
+// template (one attribute unknown to the token), then the retries.
+func BenchmarkRefusedExplain(b *testing.B) {
+	m, h := softhsmSession(b)
+	tmpl := []ckraw.Attr{
+		{Type: pkcs11.CKA_TOKEN, Value: true},
+		{Type: pkcs11.CKA_CLASS, Value: uint(pkcs11.CKO_SECRET_KEY)},
+		{Type: pkcs11.CKA_KEY_TYPE, Value: uint(pkcs11.CKK_AES)},
+		{Type: pkcs11.CKA_LABEL, Value: "k"},
+		{Type: pkcs11.CKA_VALUE_LEN, Value: uint(32)},
+		{Type: pkcs11.CKA_SENSITIVE, Value: true},
+		{Type: pkcs11.CKA_VENDOR_DEFINED | 0x4711, Value: true},
+	}
+	b.Run("failed call alone", func(b *testing.B) {
+		for b.Loop() {
+			_, err := m.raw.GenerateKey(uint(h), pkcs11.CKM_AES_KEY_GEN, tmpl)
+			require.Error(b, err)
+		}
+	})
+	b.Run("failed call and explain", func(b *testing.B) {
+		for b.Loop() {
+			_, err := m.raw.GenerateKey(uint(h), pkcs11.CKM_AES_KEY_GEN, tmpl)
+			var re *RefusedError
+			require.ErrorAs(b, m.generateErr(h, pkcs11.CKM_AES_KEY_GEN, tmpl, err), &re)
+		}
+	})
 }

@@ -1,7 +1,9 @@
 package p11
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
@@ -136,22 +138,51 @@ func (m *Module) generateErr(session pkcs11.SessionHandle, mech uint, tmpl []ckr
 }
 
 // generatePairErr is wrapErr("C_GenerateKeyPair", err), naming the refused
-// attribute of either template.
+// attribute of either template. RSA key generation is slow (seconds at
+// 4096 bits on SoftHSM) and the retries make one key per attribute, so they
+// ask for 2048 bits, after checking that the size is not what the token
+// refused (the whole template at 2048 bits is then accepted).
 func (m *Module) generatePairErr(session pkcs11.SessionHandle, mech uint, pub, priv []ckraw.Attr, err error) error {
-	types := append(rawTypes(pub), rawTypes(priv)...)
-	return m.explain(session, wrapErr("C_GenerateKeyPair", err), types, func(session pkcs11.SessionHandle, skip int) bool {
+	gen := func(s pkcs11.SessionHandle, pub []ckraw.Attr, skip int) bool {
 		ps, vs := skip, -1
 		if skip >= len(pub) {
 			ps, vs = -1, skip-len(pub)
 		}
-		hp, hv, err := m.raw.GenerateKeyPair(uint(session), mech, asSession(pub, ps), asSession(priv, vs))
+		hp, hv, err := m.raw.GenerateKeyPair(uint(s), mech, asSession(pub, ps), asSession(priv, vs))
 		if err != nil {
 			return false
 		}
-		e1 := m.ctx.DestroyObject(session, pkcs11.ObjectHandle(hp))
-		e2 := m.ctx.DestroyObject(session, pkcs11.ObjectHandle(hv))
+		e1 := m.ctx.DestroyObject(s, pkcs11.ObjectHandle(hp))
+		e2 := m.ctx.DestroyObject(s, pkcs11.ObjectHandle(hv))
 		return e1 == nil && e2 == nil
+	}
+	small := pub
+	for i, a := range pub {
+		if bits, ok := a.Ulong(); ok && a.Type == pkcs11.CKA_MODULUS_BITS && bits > 2048 {
+			small = slices.Clone(pub)
+			small[i].Value = uint(2048)
+		}
+	}
+	bitsRefused := false
+	types := append(rawTypes(pub), rawTypes(priv)...)
+	err = m.explain(session, wrapErr("C_GenerateKeyPair", err), types, func(s pkcs11.SessionHandle, skip int) bool {
+		switch {
+		case bitsRefused:
+			return false
+		case skip == -1 && len(small) > 0 && &small[0] != &pub[0]:
+			if gen(s, pub, -1) {
+				return true // session only
+			}
+			bitsRefused = gen(s, small, -1)
+			return false
+		}
+		return gen(s, small, skip)
 	})
+	var re *RefusedError
+	if bitsRefused && errors.As(err, &re) {
+		re.Attrs = []uint{pkcs11.CKA_MODULUS_BITS}
+	}
+	return err
 }
 
 // miekgSession is asSession for miekg attributes.

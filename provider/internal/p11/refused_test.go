@@ -113,7 +113,9 @@ func TestRefusedAttributeNamed(t *testing.T) {
 		require.ErrorContains(t, err, "refuses attribute vendor attribute 0x80004711")
 	})
 	t.Run("C_GenerateKeyPair", func(t *testing.T) {
-		pub := []ckraw.Attr{{Type: pkcs11.CKA_TOKEN, Value: false}, {Type: pkcs11.CKA_MODULUS_BITS, Value: uint(2048)}, {Type: pkcs11.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}}}
+		// 3072 bits: the retries ask for 2048, after the whole template at
+		// 3072 bits as a session object.
+		pub := []ckraw.Attr{{Type: pkcs11.CKA_TOKEN, Value: false}, {Type: pkcs11.CKA_MODULUS_BITS, Value: uint(3072)}, {Type: pkcs11.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}}}
 		priv := []ckraw.Attr{{Type: pkcs11.CKA_TOKEN, Value: true}, {Type: pkcs11.CKA_SENSITIVE, Value: true}, {Type: bogus, Value: true}}
 		_, _, err := m.raw.GenerateKeyPair(uint(h), pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pub, priv)
 		require.Error(t, err)

@@ -92,9 +92,10 @@ func Tokens(path string) ([]TokenInfo, error) {
 
 // TokensOf lists the tokens present in cfg's module (Config.Module, the
 // URI's module-path or module-name, else DefaultModule), initialised with
-// cfg.InitArgs. The URI's token attributes do not filter the list. A transient failure (p11.Transient: SoftHSM's file store while
-// other processes use the token) is tried again a few times, loading the
-// module anew.
+// cfg.InitArgs. The URI's token attributes do not filter the list. A
+// transient failure (p11.Transient: SoftHSM's file store while other
+// processes use the token) is tried again a few times, loading the module
+// anew.
 func TokensOf(cfg Config) ([]TokenInfo, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {

@@ -611,6 +611,7 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 	if alt, ok := padAlternative(mech, err); ok {
 		am, _ := alt.mechanism()
 		h, err = p.ctx().UnwrapKey(s.h, am, pkcs11.ObjectHandle(kek), wrapped, tmpl)
+		m = am // the mechanism of the error below
 	}
 	if err != nil {
 		err = p.mod.unwrapErr(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl, err)

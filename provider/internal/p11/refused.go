@@ -216,9 +216,17 @@ func (m *Module) generateSessionKeyErr(session pkcs11.SessionHandle, mech []*ckr
 
 // unwrapErr is wrapErr("C_UnwrapKey", err), naming the refused attribute.
 // Unwrapping the same bytes again changes nothing on the token but the
-// session object made and destroyed.
+// session object made and destroyed. The unwrapped value is a real key, so
+// the attributes that protect it are never left out (and so never named):
+// not even for a moment does the token hold it less protected.
 func (m *Module) unwrapErr(session pkcs11.SessionHandle, mech []*ckraw.Mechanism, kek pkcs11.ObjectHandle, wrapped []byte, tmpl []*pkcs11.Attribute, err error) error {
 	return m.explain(session, wrapErr("C_UnwrapKey", err), miekgTypes(tmpl), func(session pkcs11.SessionHandle, skip int) bool {
+		if skip >= 0 {
+			switch tmpl[skip].Type {
+			case pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_WRAP_WITH_TRUSTED, pkcs11.CKA_PRIVATE:
+				return false
+			}
+		}
 		h, err := m.ctx.UnwrapKey(session, mech, kek, wrapped, miekgSession(tmpl, skip))
 		return err == nil && m.ctx.DestroyObject(session, h) == nil
 	})

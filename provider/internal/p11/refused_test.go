@@ -142,6 +142,37 @@ func TestRefusedAttributeNamed(t *testing.T) {
 		require.Equal(t, left, countObjects(t, m, h), "the retries left objects behind")
 		require.ErrorContains(t, err, "refuses attribute vendor attribute 0x80004711")
 	})
+	t.Run("C_UnwrapKey", func(t *testing.T) {
+		kek, err := m.raw.GenerateKey(uint(h), pkcs11.CKM_AES_KEY_GEN, []ckraw.Attr{
+			{Type: pkcs11.CKA_TOKEN, Value: false}, {Type: pkcs11.CKA_VALUE_LEN, Value: uint(32)},
+			{Type: pkcs11.CKA_WRAP, Value: true}, {Type: pkcs11.CKA_UNWRAP, Value: true},
+		})
+		require.NoError(t, err)
+		key, err := m.raw.GenerateKey(uint(h), pkcs11.CKM_AES_KEY_GEN, []ckraw.Attr{
+			{Type: pkcs11.CKA_TOKEN, Value: false}, {Type: pkcs11.CKA_VALUE_LEN, Value: uint(16)}, {Type: pkcs11.CKA_EXTRACTABLE, Value: true},
+		})
+		require.NoError(t, err)
+		mech := []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}
+		wrapped, err := m.ctx.WrapKey(h, mech, pkcs11.ObjectHandle(kek), pkcs11.ObjectHandle(key))
+		require.NoError(t, err)
+		tmpl := []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+			pkcs11.NewAttribute(bogus, true),
+		}
+		_, err = m.ctx.UnwrapKey(h, mech, pkcs11.ObjectHandle(kek), wrapped, tmpl)
+		require.Error(t, err)
+		left := countObjects(t, m, h)
+		err = m.unwrapErr(h, mech, pkcs11.ObjectHandle(kek), wrapped, tmpl, err)
+		require.Equal(t, left, countObjects(t, m, h), "the retries left objects behind")
+		var re *RefusedError
+		require.ErrorAs(t, err, &re)
+		require.Equal(t, []uint{bogus}, re.Attrs)
+		require.ErrorContains(t, err, "C_UnwrapKey: CKR_ATTRIBUTE_TYPE_INVALID")
+	})
+
 	// Other failures pass through untouched and cost no retry.
 	other := &Error{Op: "C_GenerateKey", Code: pkcs11.CKR_DEVICE_ERROR}
 	tries := 0

@@ -83,7 +83,8 @@ type EnforcementCheck struct {
 // ExportNone.
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
-// Tokens lists the tokens present in the module at path. A transient
+// Tokens lists the tokens present in the module at path (empty:
+// DefaultModule). A transient
 // failure (p11.Transient: SoftHSM's file store while other processes use
 // the token) is tried again a few times, loading the module anew.
 func Tokens(path string) ([]TokenInfo, error) {

@@ -84,9 +84,9 @@ type EnforcementCheck struct {
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
 // Tokens lists the tokens present in the module at path (empty:
-// DefaultModule). A transient
-// failure (p11.Transient: SoftHSM's file store while other processes use
-// the token) is tried again a few times, loading the module anew.
+// DefaultModule). A transient failure (p11.Transient: SoftHSM's file store
+// while other processes use the token) is tried again a few times, loading
+// the module anew.
 func Tokens(path string) ([]TokenInfo, error) {
 	return TokensOf(Config{Module: path})
 }

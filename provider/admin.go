@@ -126,7 +126,7 @@ func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	all, err := tokens(mod)
 	if err == nil {
 		var tok TokenInfo
-		if tok, err = selectToken(cfg, all); err == nil {
+		if tok, err = selectToken(cfg, mod, all); err == nil {
 			return &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}, nil
 		}
 	}
@@ -266,7 +266,7 @@ func (a *Admin) keks(ctx context.Context, label string, id []byte) ([]*KEK, []Fo
 }
 
 func validKEKName(name string) error {
-	if name == "" || len(name) > 128 || strings.ContainsAny(name, "\x00\n") {
+	if name == "" || len(name) > 128 || strings.ContainsAny(name, "\x00\n") || isURI(name) { // a "pkcs11:" name would read as a URI
 		return fmt.Errorf("%w: kek name %q", ErrInvalidInput, name)
 	}
 	return nil
@@ -423,6 +423,9 @@ func (a *Admin) CreateKEK(ctx context.Context, name string, t KEKType) (*KEK, er
 // the same time. A creation that fails removes what it made, or its error
 // says what is left and how to remove it.
 func (a *Admin) CreateKEKWith(ctx context.Context, name string, t KEKType, opts KEKOptions) (*KEK, error) {
+	if err := validKEKName(name); err != nil {
+		return nil, fmt.Errorf("create kek: %w", err)
+	}
 	if err := a.allowKEKType(t, opts); err != nil {
 		return nil, fmt.Errorf("create kek %q: %w", name, err)
 	}

@@ -20,7 +20,9 @@ import (
 // left empty; a field set both ways with different values is an error.
 type Config struct {
 	// Module is the path of the PKCS#11 library, for example
-	// /usr/lib/softhsm/libsofthsm2.so.
+	// /usr/lib/softhsm/libsofthsm2.so. Empty: the URI's module-path or
+	// module-name, else DefaultModule (p11-kit's proxy; never a vendor's
+	// module or SoftHSM by itself).
 	Module string
 	// InitArgs, when not empty, is passed to the module's C_Initialize as
 	// CK_C_INITIALIZE_ARGS.pReserved (PKCS#11 v2.40 base §5.4), for modules
@@ -31,8 +33,13 @@ type Config struct {
 	InitArgs string
 	// URI is an RFC 7512 PKCS#11 URI, for example
 	// pkcs11:token=ci?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/pin
-	// Its token, serial, slot-id, module-path, pin-source and pin-value
-	// attributes are used.
+	// Every attribute it names must match, or no token is selected
+	// (RFC 7512 §3.3): token, serial, model, manufacturer, slot-id,
+	// slot-description and slot-manufacturer against the slots and tokens,
+	// library-manufacturer, library-description and library-version against
+	// C_GetInfo. module-path names the module; module-name names it as
+	// p11-kit does (FindModule). pin-source (file: only) and pin-value give
+	// the PIN. With no module named anywhere, DefaultModule is used.
 	URI string
 	// TokenLabel, TokenSerial and Slot select a token.
 	TokenLabel  string
@@ -56,6 +63,10 @@ type Config struct {
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
+
+	// match holds the URI's attributes that have no field above; set by
+	// resolve.
+	match tokenMatch
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.
@@ -165,12 +176,19 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(attrs...)
 }
 
-// resolve merges the URI into the explicit fields and holds the PIN source
-// to MaxPINLen.
+// resolve merges the URI into the explicit fields, picks the module
+// (Module, the URI's module-path, its module-name, then DefaultModule) and
+// holds the PIN source to MaxPINLen.
 func (c Config) resolve() (Config, error) {
 	c, err := c.resolveURI()
-	if err == nil && c.PIN != nil {
+	if err != nil {
+		return c, err
+	}
+	if c.PIN != nil {
 		c.PIN = cappedPIN{c.PIN}
+	}
+	if c.Module == "" {
+		c.Module, err = DefaultModule()
 	}
 	return c, err
 }
@@ -195,6 +213,26 @@ func (c Config) resolveURI() (Config, error) {
 	u, err := pkcs11uri.Parse(c.URI)
 	if err != nil {
 		return c, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	c.match = tokenMatch{
+		model: u.Model, manufacturer: u.Manufacturer,
+		slotDescription: u.SlotDescription, slotManufacturer: u.SlotManufacturer,
+		libManufacturer: u.LibraryManufacturer, libDescription: u.LibraryDescription, libVersion: u.LibraryVersion,
+	}
+	if u.ModuleName != "" {
+		path, err := FindModule(u.ModuleName)
+		if err != nil {
+			return c, err
+		}
+		if u.ModulePath != "" && !sameFile(u.ModulePath, path) {
+			return c, fmt.Errorf("%w: uri module-name %q is %s, not its module-path %s", ErrConfig, u.ModuleName, path, u.ModulePath)
+		}
+		if c.Module != "" && !sameFile(c.Module, path) {
+			return c, fmt.Errorf("%w: uri module-name %q is %s, not the configured module %s", ErrConfig, u.ModuleName, path, c.Module)
+		}
+		if u.ModulePath == "" && c.Module == "" {
+			c.Module = path
+		}
 	}
 	merge := func(name string, field *string, v string) error {
 		if v == "" {

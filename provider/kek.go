@@ -378,10 +378,14 @@ func (p *Provider) findKEKs(ctx context.Context, label string, id []byte) ([]*KE
 }
 
 // KEK returns the newest version of the KEK named name. If that version has
-// problems it is refused, rather than an older one used silently.
+// problems it is refused, rather than an older one used silently. A name
+// that starts with "pkcs11:" is an object URI, resolved by KEKByURI.
 func (p *Provider) KEK(ctx context.Context, name string) (*KEK, error) {
 	if name == "" {
 		return nil, fmt.Errorf("%w: empty kek name", ErrInvalidInput)
+	}
+	if isURI(name) {
+		return p.KEKByURI(ctx, name)
 	}
 	ks, foreign, err := p.findKEKs(ctx, name, nil)
 	if err != nil {

@@ -24,6 +24,10 @@ type TokenInfo struct {
 	// Initialized is false for a slot whose token has not been initialised
 	// (SoftHSM always offers one such slot). Open never selects it.
 	Initialized bool
+	// SlotDescription and SlotManufacturer are the slot's C_GetSlotInfo
+	// text (PKCS#11 v2.40 §5.5), matched by a URI's slot-description and
+	// slot-manufacturer.
+	SlotDescription, SlotManufacturer string
 }
 
 func (t TokenInfo) String() string {
@@ -86,18 +90,20 @@ type EnforcementCheck struct {
 // ExportNone.
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
-// Tokens lists the tokens present in the module at path. A transient
-// failure (p11.Transient: SoftHSM's file store while other processes use
-// the token) is tried again a few times, loading the module anew.
+// Tokens lists the tokens present in the module at path (empty:
+// DefaultModule). A transient failure (p11.Transient: SoftHSM's file store
+// while other processes use the token) is tried again a few times, loading
+// the module anew.
 func Tokens(path string) ([]TokenInfo, error) {
 	return TokensOf(Config{Module: path})
 }
 
-// TokensOf lists the tokens present in cfg's module (Config.Module or the
-// URI's module-path), initialised with cfg.InitArgs. Nothing else of cfg
-// is used. A transient failure (p11.Transient: SoftHSM's file store while
-// other processes use the token) is tried again a few times, loading the
-// module anew.
+// TokensOf lists the tokens present in cfg's module (Config.Module, the
+// URI's module-path or module-name, else DefaultModule), initialised with
+// cfg.InitArgs. The URI's token attributes do not filter the list. A
+// transient failure (p11.Transient: SoftHSM's file store while other
+// processes use the token) is tried again a few times, loading the module
+// anew.
 func TokensOf(cfg Config) ([]TokenInfo, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {
@@ -126,7 +132,8 @@ func tokens(mod *p11.Module) ([]TokenInfo, error) {
 	}
 	out := make([]TokenInfo, len(ts))
 	for i, t := range ts {
-		out[i] = TokenInfo{Slot: t.Slot, Label: t.Label, Serial: t.Serial, Model: t.Model, Manufacturer: t.Manufacturer, Initialized: t.Initialized}
+		out[i] = TokenInfo{Slot: t.Slot, Label: t.Label, Serial: t.Serial, Model: t.Model, Manufacturer: t.Manufacturer, Initialized: t.Initialized,
+			SlotDescription: t.SlotDescription, SlotManufacturer: t.SlotManufacturer}
 	}
 	return out, nil
 }
@@ -225,7 +232,7 @@ func (p *Provider) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tok, err := selectToken(p.cfg, all)
+	tok, err := selectToken(p.cfg, p.mod, all)
 	if err != nil {
 		return err
 	}
@@ -299,7 +306,9 @@ func (p *Provider) loginErr(err error) error {
 	return mapErr(err)
 }
 
-func selectToken(cfg Config, all []TokenInfo) (TokenInfo, error) {
+// selectToken picks the one initialised token that matches every attribute
+// cfg names (RFC 7512 §3.3 for a URI's).
+func selectToken(cfg Config, mod *p11.Module, all []TokenInfo) (TokenInfo, error) {
 	var want []string
 	if cfg.TokenLabel != "" {
 		want = append(want, fmt.Sprintf("label %q", cfg.TokenLabel))
@@ -310,11 +319,19 @@ func selectToken(cfg Config, all []TokenInfo) (TokenInfo, error) {
 	if cfg.Slot != nil {
 		want = append(want, fmt.Sprintf("slot %d", *cfg.Slot))
 	}
+	want = append(want, cfg.match.wants()...)
+	libDiff, err := cfg.match.library(mod)
+	if err != nil {
+		return TokenInfo{}, err
+	}
+	if libDiff != "" {
+		return TokenInfo{}, &TokenNotFoundError{Want: joinAnd(append(want, libDiff)), Tokens: all}
+	}
 	var match []TokenInfo
 	for _, t := range all {
 		if t.Initialized && (cfg.TokenLabel == "" || t.Label == cfg.TokenLabel) &&
 			(cfg.TokenSerial == "" || t.Serial == cfg.TokenSerial) &&
-			(cfg.Slot == nil || t.Slot == *cfg.Slot) {
+			(cfg.Slot == nil || t.Slot == *cfg.Slot) && cfg.match.token(t) {
 			match = append(match, t)
 		}
 	}

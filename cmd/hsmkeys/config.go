@@ -12,22 +12,30 @@ import (
 	"github.com/hsmkeys/hsmkeys/provider"
 )
 
-// softhsmModules are where Debian and a source build put SoftHSM 2; the
-// module defaults to the first one present when nothing else names one.
-var softhsmModules = []string{
-	"/usr/lib/softhsm/libsofthsm2.so",
-	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/local/lib/softhsm/libsofthsm2.so",
+// defaultModule is the module when neither a flag, a variable nor the URI
+// names one: p11-kit's proxy, which offers the tokens of the modules p11-kit
+// registers (provider.DefaultModule). Never SoftHSM by itself: on a host
+// with softhsm2 installed for tests, that would be the wrong token. Without
+// the proxy, the error lists the registered modules and says how to choose.
+func defaultModule() (string, error) {
+	m, err := provider.DefaultModule()
+	var nm *provider.NoModuleError
+	if errors.As(err, &nm) {
+		return "", &hinted{err: err, hint: moduleChoiceHint(nm.Registered)}
+	}
+	return m, err
 }
 
-func defaultModule() string {
-	for _, m := range softhsmModules {
-		if _, err := os.Stat(m); err == nil {
-			return m
+// moduleChoiceHint says how to name a module, with the registered ones.
+func moduleChoiceHint(reg []provider.RegisteredModule) string {
+	var b strings.Builder
+	b.WriteString("set --module or HSMKEYS_MODULE to the vendor's PKCS#11 library, or module-path or module-name in --uri")
+	for _, r := range reg {
+		if r.Present {
+			fmt.Fprintf(&b, "; for %s: --module %s or --uri 'pkcs11:?module-name=%s'", r.Name, r.Path, r.Name)
 		}
 	}
-	return ""
+	return b.String()
 }
 
 // uriAttrs reads the attribute names and values of an RFC 7512 PKCS#11 URI,
@@ -102,10 +110,13 @@ func (c *cli) config() (provider.Config, error) {
 // modulePath is the module the flags, the URI or the default name.
 func (c *cli) modulePath() (string, error) {
 	cfg, attrs, err := c.tokenConfig()
-	if cfg.Module == "" {
-		return attrs["module-path"], err
+	switch {
+	case err != nil, cfg.Module != "":
+		return cfg.Module, err
+	case attrs["module-path"] != "":
+		return attrs["module-path"], nil
 	}
-	return cfg.Module, err
+	return provider.FindModule(attrs["module-name"])
 }
 
 // tokenConfig says which module and token to open: a flag beats the URI,
@@ -120,15 +131,16 @@ func (c *cli) tokenConfig() (provider.Config, map[string]string, error) {
 	switch {
 	case c.moduleSet:
 		cfg.Module = c.module
-	case attrs["module-path"] != "":
+	case attrs["module-path"] != "", attrs["module-name"] != "":
+		// the provider resolves them (module-name as p11-kit does)
 	case c.module != "":
 		cfg.Module = c.module
 	default:
-		cfg.Module = defaultModule()
-	}
-	if cfg.Module == "" && attrs["module-path"] == "" {
-		return cfg, attrs, withHint(fmt.Errorf("no PKCS#11 module: SoftHSM is not installed and none was named"),
-			"set --module or HSMKEYS_MODULE to the vendor's PKCS#11 library, or module-path in --uri")
+		m, err := defaultModule()
+		if err != nil {
+			return cfg, attrs, err
+		}
+		cfg.Module = m
 	}
 	_, uriToken := attrs["token"]
 	_, uriSerial := attrs["serial"]

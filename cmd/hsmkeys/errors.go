@@ -103,7 +103,7 @@ func hints(err error) []string {
 	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "initialised with other arguments"):
 		return []string{"a module is initialised once per process: use the same --init-args everywhere in it"}
 	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "module"):
-		return []string{"set --module or HSMKEYS_MODULE to the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so"}
+		return []string{moduleChoiceHint(provider.RegisteredModules())}
 	}
 	return nil
 }
@@ -160,6 +160,9 @@ func tokenHints(e *provider.TokenNotFoundError) []string {
 
 // kekNotFound names the KEK and points at kek list.
 func kekNotFound(err error) error {
+	if errors.Is(err, provider.ErrAmbiguous) {
+		return withHint(err, "name one version: 'hsmkeys kek list' prints each version's URI, with its id")
+	}
 	if errors.Is(err, provider.ErrNotFound) {
 		return withHint(err, "run 'hsmkeys kek list' to see the KEKs on this token, 'hsmkeys kek create --label NAME' to make one")
 	}

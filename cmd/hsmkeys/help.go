@@ -25,9 +25,11 @@ Commands:
 	}
 	b.WriteString(`
 Global flags:
-  --module PATH        the PKCS#11 library (default: SoftHSM's, when installed)
+  --module PATH        the PKCS#11 library (default: p11-kit's proxy, p11-kit-proxy.so, which offers
+                       the modules p11-kit registers; never SoftHSM or a vendor's by itself)
   --token LABEL        the token, by label
-  --uri PKCS11-URI     the module and token as an RFC 7512 URI (no pin-value: use pin-source=file:...)
+  --uri PKCS11-URI     the module and token as an RFC 7512 URI; every attribute it names must match
+                       (module-name=softhsm2 as p11-kit names it; no pin-value: use pin-source=file:...)
   --init-args STRING   passed to the module's C_Initialize (NSS softoken: "configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
   --json               one JSON document on stdout, for scripts
   --pin-file FILE      the user PIN, first line of FILE
@@ -46,6 +48,7 @@ Exit status: 0 success, 1 failure, 2 usage error.
 Examples:
   hsmkeys tokens
   hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' doctor
+  hsmkeys --uri 'pkcs11:token=hsmkeys;model=SoftHSM%20v2?module-name=softhsm2' doctor
   hsmkeys kek create --label backup
   hsmkeys key new --kek backup -o session.key
   hsmkeys encrypt --kek backup -i notes.txt -o notes.cms

@@ -156,7 +156,9 @@ func (c *cli) adminKEK(ctx context.Context, verb string, fn func(*provider.Admin
 		return err
 	}
 	if c.json {
-		return c.writeJSON(kekToJSON(k))
+		j := kekToJSON(k)
+		j.URI = k.URI(a.Token())
+		return c.writeJSON(j)
 	}
 	fmt.Fprintf(c.stdout, "%s kek %q version %d (%s, id %s) on token %s\n", verb, k.Label, k.Version, kekTypeName(k), hex.EncodeToString(k.ID), a.Token())
 	if k.ExposedAtRest {
@@ -229,6 +231,7 @@ type kekJSON struct {
 	ExposedAtRest     bool     `json:"exposed_at_rest"`
 	Foreign           bool     `json:"foreign"`
 	Problems          []string `json:"problems"`
+	URI               string   `json:"uri,omitempty"` // RFC 7512 object URI of this version; --kek takes it
 }
 
 func kekToJSON(k *provider.KEK) kekJSON {

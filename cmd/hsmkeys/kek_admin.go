@@ -21,7 +21,8 @@ half, whether its wrap and unwrap templates are in force, whether each half
 is restricted to its mechanisms (RSA: OAEP; AES: key wrap), whether its
 value is protected at rest ("CLEAR" for an AES KEK on a token that stores
 public objects in clear, such as SoftHSM), and the problems that make
-hsmkeys refuse it. Objects that share a KEK's label or id, or look like a
+hsmkeys refuse it, and its RFC 7512 object URI, which --kek takes wherever
+it takes a name (the URI names that exact version). Objects that share a KEK's label or id, or look like a
 KEK half, but that anyone could have made (not trusted, not private, not
 matching) are listed apart as foreign objects: hsmkeys ignores them. Needs
 the user PIN.`,
@@ -69,7 +70,9 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 	if c.json {
 		out := make([]kekJSON, 0, len(keks)+len(foreign))
 		for _, k := range keks {
-			out = append(out, kekToJSON(k))
+			j := kekToJSON(k)
+			j.URI = k.URI(a.Token())
+			out = append(out, j)
 		}
 		for _, f := range foreign {
 			out = append(out, foreignToJSON(f))
@@ -82,7 +85,7 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	if len(keks) > 0 {
-		fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tRESTRICTED\tAT-REST\tPROBLEMS")
+		fmt.Fprintln(tw, "NAME\tVERSION\tID\tTYPE\tTRUSTED\tUNWRAP\tTEMPLATES\tRESTRICTED\tAT-REST\tPROBLEMS\tURI")
 	}
 	for _, k := range keks {
 		problems := "-"
@@ -96,8 +99,8 @@ func (c *cli) cmdKEKList(ctx context.Context, args []string) error {
 		if k.ExposedAtRest {
 			atRest = "CLEAR"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
-			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), restricted(k.Restricted), atRest, problems)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Label, k.Version, hex.EncodeToString(k.ID), kekTypeName(k),
+			yesNo(k.Trusted), yesNo(k.CanUnwrap()), enforced(templatesEnforced(k)), restricted(k.Restricted), atRest, problems, k.URI(a.Token()))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -24,6 +24,7 @@ and the token itself refuses to wrap it under a KEK the SO did not trust.
 Writes to stdout, or atomically to FILE (mode 0600).`,
 	examples: `hsmkeys key new --kek backup -o session.key
 hsmkeys key new --kek backup --kek escrow --alg aes128 --pem -o session.pem
+hsmkeys key new --kek 'pkcs11:object=backup;type=secret-key;id=%00%00%00%02%A1%B2...' -o session.key   # a URI from 'kek list'
 hsmkeys --uri 'pkcs11:token=hsmkeys?module-path=/usr/lib/softhsm/libsofthsm2.so' key new --kek backup --context app=billing -o k.der`,
 }
 
@@ -135,7 +136,8 @@ func (c *cli) writeAtomic(path string, data []byte) error {
 	return o.commit()
 }
 
-// resolveKEKs finds the newest version of each KEK named, once each.
+// resolveKEKs finds the newest version of each KEK named, or the version
+// an object URI names, once each.
 func resolveKEKs(ctx context.Context, p *provider.Provider, names []string) ([]*provider.KEK, error) {
 	var out []*provider.KEK
 	seen := map[string]bool{}
@@ -148,6 +150,10 @@ func resolveKEKs(ctx context.Context, p *provider.Provider, names []string) ([]*
 		if err != nil {
 			return nil, kekNotFound(err)
 		}
+		if seen["id:"+string(k.ID)] { // a label and a URI of one KEK
+			continue
+		}
+		seen["id:"+string(k.ID)] = true
 		out = append(out, k)
 	}
 	return out, nil

@@ -14,10 +14,13 @@ var tokensSpec = spec{
 	path:  "tokens",
 	usage: "tokens",
 	about: `Lists the slots of the PKCS#11 module and the tokens in them: label,
-serial, model, manufacturer and flags. Needs no PIN.`,
+serial, model, manufacturer, flags and the token's RFC 7512 URI, which
+--uri takes back (add ?module-path=... when the module is not otherwise
+named). Needs no PIN.`,
 	examples: `hsmkeys tokens
 hsmkeys --module /usr/lib/softhsm/libsofthsm2.so tokens
-hsmkeys --uri 'pkcs11:module-path=/usr/lib/softhsm/libsofthsm2.so' --json tokens`,
+hsmkeys --uri 'pkcs11:?module-path=/usr/lib/softhsm/libsofthsm2.so' --json tokens
+hsmkeys --uri 'pkcs11:?module-name=softhsm2' tokens`,
 }
 
 type tokenJSON struct {
@@ -28,6 +31,7 @@ type tokenJSON struct {
 	Manufacturer string   `json:"manufacturer"`
 	Initialized  bool     `json:"initialized"`
 	Flags        []string `json:"flags"`
+	URI          string   `json:"uri"` // "" for an uninitialised token
 }
 
 // tokenFlags are the token flags the provider tells us about.
@@ -58,18 +62,18 @@ func (c *cli) cmdTokens(ctx context.Context, args []string) error {
 	if c.json {
 		out := make([]tokenJSON, len(ts))
 		for i, t := range ts {
-			out[i] = tokenJSON{t.Slot, t.Label, t.Serial, t.Model, t.Manufacturer, t.Initialized, tokenFlags(t)}
+			out[i] = tokenJSON{t.Slot, t.Label, t.Serial, t.Model, t.Manufacturer, t.Initialized, tokenFlags(t), t.URI()}
 		}
 		return c.writeJSON(out)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tLABEL\tSERIAL\tMODEL\tMANUFACTURER\tFLAGS")
+	fmt.Fprintln(tw, "SLOT\tLABEL\tSERIAL\tMODEL\tMANUFACTURER\tFLAGS\tURI")
 	for _, t := range ts {
 		label := fmt.Sprintf("%q", t.Label)
 		if !t.Initialized {
 			label = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", t.Slot, label, dash(t.Serial), dash(t.Model), dash(t.Manufacturer), tokenFlags(t)[0])
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Slot, label, dash(t.Serial), dash(t.Model), dash(t.Manufacturer), tokenFlags(t)[0], dash(t.URI()))
 	}
 	return tw.Flush()
 }
@@ -111,6 +115,16 @@ func (c *cli) cmdInitToken(ctx context.Context, args []string) error {
 	user := initPIN(c.pinFile, "HSMKEYS_PIN", "HSMKEYS_PIN_FILE")
 	if so == nil || user == nil {
 		return usagef(fs.spec.path, "init-token needs the SO PIN and the user PIN (--so-pin-file, --pin-file)")
+	}
+	// Erasing a token is never done on a module nobody named: through
+	// p11-kit's proxy, "the first free slot" could belong to any module.
+	attrs := map[string]string{}
+	if c.useURI() {
+		attrs = uriAttrs(c.uri)
+	}
+	if c.module == "" && attrs["module-path"] == "" && attrs["module-name"] == "" {
+		return &usageError{msg: "init-token erases a token and needs its module named",
+			hint: "give --module PATH, HSMKEYS_MODULE, or module-path or module-name in --uri"}
 	}
 	mod, err := c.modulePath()
 	if err != nil {

@@ -3,7 +3,6 @@ package envelope
 import (
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/hsmkeys/hsmkeys/provider"
@@ -124,14 +123,17 @@ func (s Settings) Config(getenv func(string) string) (provider.Config, error) {
 	switch {
 	case s.Module != "":
 		cfg.Module = s.Module
-	case attrs["module-path"] != "":
+	case attrs["module-path"] != "", attrs["module-name"] != "":
+		// the provider resolves them (module-name as p11-kit does)
 	case getenv("HSMKEYS_MODULE") != "":
 		cfg.Module = getenv("HSMKEYS_MODULE")
 	default:
-		cfg.Module = defaultModule()
-	}
-	if cfg.Module == "" && attrs["module-path"] == "" {
-		return cfg, fmt.Errorf("%w: no pkcs11 module: set module, HSMKEYS_MODULE or module-path in the uri", provider.ErrConfig)
+		// p11-kit's proxy, never SoftHSM by itself (provider.DefaultModule)
+		m, err := provider.DefaultModule()
+		if err != nil {
+			return cfg, fmt.Errorf("%w (set module, HSMKEYS_MODULE, or module-path or module-name in the uri)", err)
+		}
+		cfg.Module = m
 	}
 	_, uriToken := attrs["token"]
 	_, uriSerial := attrs["serial"]
@@ -158,18 +160,6 @@ func (s Settings) Config(getenv func(string) string) (provider.Config, error) {
 		return cfg, fmt.Errorf("%w: no user pin: set pin_file, HSMKEYS_PIN_FILE or HSMKEYS_PIN", provider.ErrPINSource)
 	}
 	return cfg, nil
-}
-
-// defaultModule is SoftHSM where Debian or a source build puts it, as the
-// hsmkeys command defaults.
-func defaultModule() string {
-	for _, m := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-		"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so", "/usr/local/lib/softhsm/libsofthsm2.so"} {
-		if _, err := os.Stat(m); err == nil {
-			return m
-		}
-	}
-	return ""
 }
 
 // uriAttrs scans the attribute names and values of an RFC 7512 URI, path

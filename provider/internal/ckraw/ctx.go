@@ -24,6 +24,9 @@ static CK_RV ck_get_info(CK_FUNCTION_LIST_PTR fl, CK_INFO_PTR info) {
 static CK_RV ck_get_slot_list(CK_FUNCTION_LIST_PTR fl, CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
 	return fl->C_GetSlotList != NULL ? fl->C_GetSlotList(present, list, n) : CKR_FUNCTION_NOT_SUPPORTED;
 }
+static CK_RV ck_get_slot_info(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_SLOT_INFO_PTR info) {
+	return fl->C_GetSlotInfo != NULL ? fl->C_GetSlotInfo(slot, info) : CKR_FUNCTION_NOT_SUPPORTED;
+}
 static CK_RV ck_get_token_info(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
 	return fl->C_GetTokenInfo != NULL ? fl->C_GetTokenInfo(slot, info) : CKR_FUNCTION_NOT_SUPPORTED;
 }
@@ -204,6 +207,27 @@ func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {
 func blank(p *C.CK_UTF8CHAR, n int) string {
 	b := C.GoBytes(unsafe.Pointer(p), C.int(n))
 	return strings.TrimRight(string(b), " \x00")
+}
+
+// GetSlotInfo is C_GetSlotInfo (§5.5). Text fields are returned without
+// their blank padding.
+func (c *Ctx) GetSlotInfo(slotID uint) (pkcs11.SlotInfo, error) {
+	fl, done, err := c.acquire()
+	if err != nil {
+		return pkcs11.SlotInfo{}, err
+	}
+	defer done()
+	var si C.CK_SLOT_INFO
+	if rv := C.ck_get_slot_info(fl, C.CK_SLOT_ID(slotID), &si); rv != C.CKR_OK {
+		return pkcs11.SlotInfo{}, toError(rv)
+	}
+	return pkcs11.SlotInfo{
+		SlotDescription: blank(&si.slotDescription[0], len(si.slotDescription)),
+		ManufacturerID:  blank(&si.manufacturerID[0], len(si.manufacturerID)),
+		Flags:           uint(si.flags),
+		HardwareVersion: pkcs11.Version{Major: byte(si.hardwareVersion.major), Minor: byte(si.hardwareVersion.minor)},
+		FirmwareVersion: pkcs11.Version{Major: byte(si.firmwareVersion.major), Minor: byte(si.firmwareVersion.minor)},
+	}, nil
 }
 
 // GetTokenInfo is C_GetTokenInfo (§5.5). Text fields are returned without

@@ -174,7 +174,7 @@ func (a *AdminSession) GenerateAESKEK(label string, id []byte, size int) (Object
 	}
 	tmpl := append(aesKEKTemplate(label, id), ckraw.Attr{Type: pkcs11.CKA_VALUE_LEN, Value: uint(size)})
 	h, err := a.m.raw.GenerateKey(uint(a.h), pkcs11.CKM_AES_KEY_GEN, tmpl)
-	return Object(h), wrapErr("C_GenerateKey", err)
+	return Object(h), a.m.generateErr(a.h, pkcs11.CKM_AES_KEY_GEN, tmpl, err)
 }
 
 // ImportAESKEK makes an AES KEK from a value (SO session). The caller
@@ -185,7 +185,7 @@ func (a *AdminSession) ImportAESKEK(label string, id, value []byte) (Object, err
 	}
 	tmpl := append(aesKEKTemplate(label, id), ckraw.Attr{Type: pkcs11.CKA_VALUE, Value: value})
 	h, err := a.m.raw.CreateObject(uint(a.h), tmpl)
-	return Object(h), wrapErr("C_CreateObject", err)
+	return Object(h), a.m.createErr(a.h, tmpl, err)
 }
 
 // GenerateRSAKEKPrivate makes the private half of an RSA KEK (user session)
@@ -217,7 +217,7 @@ func (a *AdminSession) GenerateRSAKEKPrivate(label string, id []byte, bits int) 
 	)
 	ph, kh, err := a.m.raw.GenerateKeyPair(uint(a.h), pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pub, priv)
 	if err != nil {
-		return 0, nil, nil, wrapErr("C_GenerateKeyPair", err)
+		return 0, nil, nil, a.m.generatePairErr(a.h, pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pub, priv, err)
 	}
 	defer a.m.ctx.DestroyObject(a.h, pkcs11.ObjectHandle(ph))
 	got, err := a.m.ctx.GetAttributeValue(a.h, pkcs11.ObjectHandle(ph), []*pkcs11.Attribute{
@@ -255,7 +255,7 @@ func (a *AdminSession) CreateTrustedRSAPublic(label string, id, modulus, exponen
 		ckraw.Attr{Type: pkcs11.CKA_WRAP_TEMPLATE, Value: WrapTemplate()},
 	)
 	h, err := a.m.raw.CreateObject(uint(a.h), tmpl)
-	return Object(h), wrapErr("C_CreateObject", err)
+	return Object(h), a.m.createErr(a.h, tmpl, err)
 }
 
 // Destroy destroys a token object.
@@ -789,9 +789,10 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 	if alt, ok := padAlternative(mech, err); ok {
 		am, _ := alt.mechanism()
 		h, err = p.ctx().UnwrapKey(s.h, am, pkcs11.ObjectHandle(kek), wrapped, tmpl)
+		m = am // the mechanism of the error below
 	}
 	if err != nil {
-		err = wrapErr("C_UnwrapKey", err)
+		err = p.mod.unwrapErr(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl, err)
 		if code, _ := CodeOf(err); unwrapFailure(code) {
 			return 0, fmt.Errorf("%w: %w", ErrWrappedKeyInvalid, err)
 		}

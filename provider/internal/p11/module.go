@@ -165,6 +165,26 @@ type TokenInfo struct {
 	Manufacturer string
 	Flags        uint
 	Initialized  bool // CKF_TOKEN_INITIALIZED
+	// From C_GetSlotInfo (PKCS#11 v2.40 §5.5); empty if the module does
+	// not answer it.
+	SlotDescription, SlotManufacturer string
+}
+
+// LibraryInfo is what C_GetInfo (PKCS#11 v2.40 §5.4) says of the module:
+// the library-* attributes of an RFC 7512 URI match it.
+type LibraryInfo struct {
+	Manufacturer, Description string
+	Major, Minor              byte // libraryVersion
+}
+
+// Info calls C_GetInfo.
+func (m *Module) Info() (LibraryInfo, error) {
+	in, err := m.ctx.GetInfo()
+	if err != nil {
+		return LibraryInfo{}, wrapErr("C_GetInfo", err)
+	}
+	return LibraryInfo{Manufacturer: in.ManufacturerID, Description: in.LibraryDescription,
+		Major: in.LibraryVersion.Major, Minor: in.LibraryVersion.Minor}, nil
 }
 
 // Tokens lists the tokens present in the module's slots.
@@ -182,14 +202,19 @@ func (m *Module) Tokens() ([]TokenInfo, error) {
 			}
 			return nil, wrapErr("C_GetTokenInfo", err)
 		}
+		// Slot text is only matched against URIs; a module that cannot give
+		// it leaves it empty, so a URI naming it selects no token there.
+		si, _ := m.ctx.GetSlotInfo(s)
 		out = append(out, TokenInfo{
-			Slot:         s,
-			Label:        strings.TrimRight(ti.Label, " \x00"),
-			Serial:       strings.TrimRight(ti.SerialNumber, " \x00"),
-			Model:        strings.TrimRight(ti.Model, " \x00"),
-			Manufacturer: strings.TrimRight(ti.ManufacturerID, " \x00"),
-			Flags:        ti.Flags,
-			Initialized:  ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0,
+			SlotDescription:  si.SlotDescription,
+			SlotManufacturer: si.ManufacturerID,
+			Slot:             s,
+			Label:            strings.TrimRight(ti.Label, " \x00"),
+			Serial:           strings.TrimRight(ti.SerialNumber, " \x00"),
+			Model:            strings.TrimRight(ti.Model, " \x00"),
+			Manufacturer:     strings.TrimRight(ti.ManufacturerID, " \x00"),
+			Flags:            ti.Flags,
+			Initialized:      ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED != 0,
 		})
 	}
 	return out, nil

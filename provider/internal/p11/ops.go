@@ -119,9 +119,10 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 		pkcs11.NewAttribute(pkcs11.CKA_ALLOWED_MECHANISMS, MechList(SessionKeyMechanisms)),
 		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
 	)
-	h, err := p.ctx().GenerateKey(s.h, []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	mech := []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
+	h, err := p.ctx().GenerateKey(s.h, mech, tmpl)
 	if err != nil {
-		return 0, wrapErr("C_GenerateKey", err)
+		return 0, p.mod.generateSessionKeyErr(s.h, mech, tmpl, err)
 	}
 	obj := Object(h)
 	if !verify {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 )
 
 // Errors a caller can branch on with errors.Is. Errors that came from the
@@ -55,10 +53,6 @@ var (
 	// short wait before giving up; trying again later may work.
 	ErrTokenBusy = errors.New("token busy or failing")
 )
-
-// TokenError is a PKCS#11 return value other than CKR_OK: Op is the function
-// ("C_Encrypt"), Code the CKR_* value.
-type TokenError = p11.Error
 
 // PINError reports a PIN the token refused. The provider tries a PIN once and
 // never again: real tokens lock after a few wrong tries.

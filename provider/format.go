@@ -534,6 +534,7 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 	if err != nil {
 		return nil, err
 	}
+	k.manifest = manifest
 	copy(k.id[:], manifest.KeyID)
 	k.created = manifest.Created
 	ok = true
@@ -615,7 +616,10 @@ type Info struct {
 	Recipients []Recipient
 	Context    map[string]string
 	ContentLen int64
-	Manifest   *cms.Manifest // nil: encrypted under the key, readable only with it
+	// Manifest is the exported key's manifest: nil from Inspect (it is
+	// encrypted under the key), set by Provider.InspectKey, which reads it
+	// on the token.
+	Manifest *KeyManifest
 }
 
 // Inspect parses an exported key or a message and reports its recipients

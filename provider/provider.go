@@ -281,7 +281,7 @@ func (p *Provider) loginErr(err error) error {
 	switch code {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
 		pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
-		pe := &PINError{err: err, Locked: code == pkcs11.CKR_PIN_LOCKED}
+		pe := &PINError{err: withTokenError(err), Locked: code == pkcs11.CKR_PIN_LOCKED}
 		if flags, ferr := p.mod.TokenFlags(p.token.Slot); ferr == nil {
 			pe.CountLow = flags&pkcs11.CKF_USER_PIN_COUNT_LOW != 0
 			pe.FinalTry = flags&pkcs11.CKF_USER_PIN_FINAL_TRY != 0
@@ -576,8 +576,11 @@ func (c closingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// mapErr adds the sentinel a caller branches on to a token error.
-func mapErr(err error) error {
+// mapErr adds the sentinel a caller branches on to a token error, and
+// makes the token's code reachable as a *TokenError.
+func mapErr(err error) error { return withTokenError(mapSentinel(err)) }
+
+func mapSentinel(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -69,8 +69,60 @@
 //
 // # Errors
 //
-// Callers branch with errors.Is on the exported sentinels (ErrNotFound,
-// ErrKeyLost, ErrAuthentication, ...) and errors.As on *PINError,
-// *TokenNotFoundError and *TokenError, which carries the raw CKR_* code.
+// Errors wrap a short prefix around what happened ("seal: ...") and never
+// contain a PIN or key bytes. Callers branch with errors.Is on these
+// sentinels:
+//
+//   - ErrNotFound: a token, KEK or object asked for is not there (a
+//     *TokenNotFoundError lists the tokens that are).
+//   - ErrClosed: the provider was closed; a key used after Close also
+//     matches ErrKeyDestroyed.
+//   - ErrKeyLost: the token dropped the session holding the key (token
+//     restart, device error, sessions closed elsewhere); it is gone for good.
+//   - ErrKeyDestroyed: the key was destroyed with Key.Destroy or Close.
+//   - ErrKeyExhausted: the key reached Config.MaxSealsPerKey encryptions.
+//   - ErrAuthentication: a ciphertext, its additional data or an exported
+//     key's manifest failed the GCM tag check; no plaintext is returned.
+//   - ErrContext: the encryption context given differs from the message's.
+//   - ErrMalformed: the input is not well-formed CMS (truncated, bad DER).
+//   - ErrWrongKind: a message given to Import, an exported key to Decrypt,
+//     CMS of another content type (a *KindError says which).
+//   - ErrWrappedKeyInvalid: a wrapped key failed its integrity check, was
+//     wrapped under another KEK, or does not match its manifest.
+//   - ErrInvalidInput: an argument is malformed (nil, empty, wrong length,
+//     a size out of range).
+//   - ErrUnsupported: the token lacks a mechanism or behaviour hsmkeys
+//     needs, or a message uses a feature hsmkeys does not handle.
+//   - ErrPolicy: the token did not apply a key attribute asked for, or
+//     refuses an export the policy forbids (ExportNone, untrusted KEK).
+//   - ErrTokenUnavailable: the token is not present or the device was
+//     removed.
+//   - ErrTokenBusy: the token kept failing calls that usually succeed when
+//     made again (SoftHSM's file store under several processes); later may
+//     work.
+//   - ErrLoginHeld: another login of this process holds the token (an
+//     Admin while a Provider opens, or the reverse); it ends when that one
+//     closes.
+//   - ErrConfig: the configuration is contradictory or incomplete (no
+//     module, a bad URI, a module that does not load, two tokens match).
+//   - ErrPINSource: a PIN source gave no PIN (missing or empty file, unset
+//     variable, failed prompt); the token never saw a PIN.
+//   - ErrSecretFile: a KEK value file is unsafe (mode, owner, a link) or
+//     malformed.
+//   - ErrSecretTooLong: a PIN or secret file is longer than any valid one;
+//     refused before the token saw it.
+//
+// and with errors.As on these types:
+//
+//   - *PINError: the token refused a PIN (SO or user, with the token's
+//     count-low, final-try and locked flags); never tried again.
+//   - *TokenNotFoundError: the token asked for is not there; lists those
+//     that are. Matches ErrNotFound.
+//   - *KindError: input of another kind than the call takes. Matches
+//     ErrWrongKind.
+//   - *TokenError: the PKCS#11 function and CKR_* code behind any error a
+//     token call caused, with its name; unwraps to the sentinel its code
+//     stands for (ErrTokenUnavailable, ErrUnsupported, ErrLoginHeld).
+//
 // Bad input gets an error, never a panic.
 package provider

@@ -490,7 +490,7 @@ func TestAdminPINErrors(t *testing.T) {
 	openProvider(t)
 	a2 := openAdmin(t)
 	_, err = a2.CreateKEK(bg, uniqueName(t, "x"), KEKAES256)
-	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorIs(t, err, ErrLoginHeld)
 	assert.Contains(t, err.Error(), "close providers")
 }
 

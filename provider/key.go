@@ -194,7 +194,7 @@ func (k *Key) guard(op string, fn func() error) error {
 	}
 	if err := k.p.begin(); err != nil {
 		if errors.Is(err, ErrClosed) {
-			return fmt.Errorf("%s: %w", op, ErrKeyDestroyed)
+			return fmt.Errorf("%s: %w: %w", op, ErrKeyDestroyed, ErrClosed)
 		}
 		return err
 	}

@@ -24,7 +24,8 @@ import (
 // A TokenError unwraps to the sentinel its code stands for when there is
 // one: ErrTokenUnavailable for CKR_DEVICE_REMOVED and CKR_TOKEN_NOT_PRESENT,
 // ErrUnsupported for CKR_MECHANISM_INVALID, CKR_MECHANISM_PARAM_INVALID and
-// CKR_FUNCTION_NOT_SUPPORTED.
+// CKR_FUNCTION_NOT_SUPPORTED, ErrLoginHeld for
+// CKR_USER_ANOTHER_ALREADY_LOGGED_IN.
 type TokenError struct {
 	// Op is the PKCS#11 function that failed, for example "C_Encrypt".
 	Op string
@@ -69,20 +70,22 @@ func codeSentinel(code uint) error {
 		return ErrTokenUnavailable
 	case pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED:
 		return ErrUnsupported
+	case pkcs11.CKR_USER_ANOTHER_ALREADY_LOGGED_IN:
+		return ErrLoginHeld
 	}
 	return nil
 }
 
 // tokenErrorChain puts a *TokenError in front of an error chain that holds
-// the internal p11 error, so that errors.As finds the public type. Its
-// text and its chain are err's.
+// the internal p11 error, so that errors.As finds the public type and
+// errors.Is the sentinel its code stands for. Its text is err's.
 type tokenErrorChain struct {
 	err error
 	te  *TokenError
 }
 
-func (c *tokenErrorChain) Error() string { return c.err.Error() }
-func (c *tokenErrorChain) Unwrap() error { return c.err }
+func (c *tokenErrorChain) Error() string   { return c.err.Error() }
+func (c *tokenErrorChain) Unwrap() []error { return []error{c.err, c.te} }
 
 func (c *tokenErrorChain) As(target any) bool {
 	if t, ok := target.(**TokenError); ok {

@@ -67,6 +67,32 @@
 // something (C_GenerateKey). When Open gives up, the error says how often
 // it tried and matches ErrTokenBusy if the token was there a moment before.
 //
+// # Which call for which job
+//
+//   - Open (the package function) opens a token and logs in; Key.Open
+//     opens what Key.Seal sealed (the name crypto/cipher's AEAD uses).
+//   - Small messages in memory: Key.Seal and Key.Open (up to MaxSealSize),
+//     under a key from Generate.
+//   - Data of any size, for readers holding a KEK: Encrypt (a reader, with
+//     its size or UnknownSize) or NewEncrypter (a writer), and Decrypt. Each
+//     message has a fresh session key; openssl cms opens it.
+//   - Keeping a session key for later, or moving it to another token:
+//     Export, Import, and Rewrap to change its KEKs. The blob is CMS
+//     AuthEnvelopedData that names its KEKs, binds the encryption context
+//     and carries a manifest (key ID, creation time, check value) that
+//     Import checks. This is the normal way.
+//   - Wrap, WrapWith, Unwrap and RewrapKey are the low-level layer: the
+//     raw output of C_WrapKey (RFC 3394 or RFC 5649 key wrap, or RSA-OAEP)
+//     as a WrappedKey, for systems that take such blobs and not CMS (a
+//     cloud KMS key import, another HSM's C_UnwrapKey, a custom format).
+//     A WrappedKey carries no context, no manifest and no check value: the
+//     caller keeps KEKID, Mechanism and Algorithm with it, and binds it to
+//     anything else itself.
+//   - Looking at a blob or message: Inspect (no token, nothing
+//     authenticated), InspectKey (an exported key's manifest, read on the
+//     token).
+//   - Listing tokens before opening one: TokensOf.
+//
 // # Errors
 //
 // Errors wrap a short prefix around what happened ("seal: ...") and never

@@ -269,7 +269,8 @@ func (k *Key) Seal(ctx context.Context, plaintext, additionalData []byte) ([]byt
 
 // Open authenticates and decrypts what Seal made with this key and the same
 // additionalData. Any change to either gives ErrAuthentication and no
-// plaintext.
+// plaintext. (The package function Open is another thing: it opens a
+// token.)
 func (k *Key) Open(ctx context.Context, sealed, additionalData []byte) ([]byte, error) {
 	if len(sealed) < Overhead {
 		return nil, fmt.Errorf("open: %w: %d bytes is shorter than nonce and tag", ErrAuthentication, len(sealed))

@@ -79,19 +79,21 @@ type EnforcementCheck struct {
 // ExportNone.
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
-// Tokens lists the tokens present in the module at path. A transient
-// failure (p11.Transient: SoftHSM's file store while other processes use
-// the token) is tried again a few times, loading the module anew.
+// Tokens lists the tokens present in the module at path: TokensOf with
+// Config{Module: path} and a context that never ends.
+//
+// Deprecated: use TokensOf, whose waits end with its context and which
+// passes Config.InitArgs to the module.
 func Tokens(path string) ([]TokenInfo, error) {
-	return TokensOf(Config{Module: path})
+	return TokensOf(context.Background(), Config{Module: path})
 }
 
 // TokensOf lists the tokens present in cfg's module (Config.Module or the
 // URI's module-path), initialised with cfg.InitArgs. Nothing else of cfg
-// is used. A transient failure (p11.Transient: SoftHSM's file store while
-// other processes use the token) is tried again a few times, loading the
-// module anew.
-func TokensOf(cfg Config) ([]TokenInfo, error) {
+// is used. A transient failure (SoftHSM's file store while other processes
+// use the token) is tried again a few times, loading the module anew, with
+// a short wait between tries that ends with ctx.
+func TokensOf(ctx context.Context, cfg Config) ([]TokenInfo, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {
 		return nil, err
@@ -106,8 +108,11 @@ func TokensOf(cfg Config) ([]TokenInfo, error) {
 		if err == nil || !p11.Transient(err) {
 			return ts, err
 		}
-		if try == p11.MaxTries || p11.Backoff(context.Background(), try+1) != nil {
+		if try == p11.MaxTries {
 			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		}
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
 		}
 	}
 }
@@ -126,6 +131,7 @@ func tokens(mod *p11.Module) ([]TokenInfo, error) {
 
 // Open loads the module, finds the token, reads the PIN once and logs in.
 // A PIN the token refuses gives a *PINError and is not tried again.
+// (Key.Open is another thing: it opens what Key.Seal sealed.)
 func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {

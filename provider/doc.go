@@ -67,6 +67,15 @@
 // something (C_GenerateKey). When Open gives up, the error says how often
 // it tried and matches ErrTokenBusy if the token was there a moment before.
 //
+// # Logs and metrics
+//
+// Config.Logger (a *slog.Logger) and Config.Metrics (hooks of plain
+// functions) report what an operator of an HSM-backed service watches:
+// waits for a session when all MaxSessions are in use, token calls tried
+// again (with the function and CKR_* code), session keys lost, logins
+// restored, and the token opened and closed. Neither ever receives a PIN,
+// a key value, a wrapped key or data. Unset, they cost a nil check.
+//
 // # Which call for which job
 //
 //   - Open (the package function) opens a token and logs in; Key.Open

@@ -229,6 +229,7 @@ func (k *Key) markLost() {
 	if k.lost.Swap(true) {
 		return
 	}
+	k.p.obs.keyLost(k)
 	k.p.keysMu.Lock()
 	delete(k.p.keys, k)
 	k.p.keysMu.Unlock()

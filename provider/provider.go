@@ -65,6 +65,8 @@ type Provider struct {
 
 	// Enforcement is what the export-policy checks at Open found.
 	enforcement []EnforcementCheck
+
+	obs *observer // Config.Logger and Config.Metrics; nil when neither is set
 }
 
 // EnforcementCheck is one check Open made that the token enforces the export
@@ -111,6 +113,7 @@ func TokensOf(ctx context.Context, cfg Config) ([]TokenInfo, error) {
 		if try == p11.MaxTries {
 			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
 		}
+		newObserver(cfg).retry(err, try+1)
 		if werr := p11.Backoff(ctx, try+1); werr != nil {
 			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
 		}
@@ -173,9 +176,10 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{})}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: newObserver(cfg)}
 		err = p.open(ctx)
 		if err == nil {
+			p.obs.opened(p, try)
 			return p, nil
 		}
 		pin = p.pin
@@ -185,6 +189,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, openFailed(err, try, seen)
 		}
+		p.obs.retry(err, try+1)
 		if werr := p11.Backoff(ctx, try+1); werr != nil {
 			clear(pin)
 			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, seen))
@@ -249,6 +254,7 @@ func (p *Provider) open(ctx context.Context) error {
 		return p.loginErr(err)
 	}
 	p.pool = pool
+	pool.SetHooks(p.obs.poolHooks())
 	defer pool.Put(first)
 	if p.cfg.ExportPolicy == ExportTrusted {
 		for _, r := range pool.CheckEnforcement(first) {
@@ -388,6 +394,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 		if err != nil {
 			if p11.Transient(err) && tries < p11.MaxTries {
 				tries++
+				p.obs.retry(err, tries)
 				if werr := p11.Backoff(ctx, tries); werr == nil {
 					continue
 				}
@@ -399,6 +406,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 		p.pool.Put(s)
 		if reads && !retry && p11.Transient(err) && tries < p11.MaxTries {
 			tries++
+			p.obs.retry(err, tries)
 			if werr := p11.Backoff(ctx, tries); werr == nil {
 				continue
 			}
@@ -408,6 +416,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 			return err
 		}
 		attempt++
+		p.obs.retry(err, attempt+1)
 	}
 }
 
@@ -434,6 +443,7 @@ func (p *Provider) doDetached(ctx context.Context, fn func(s *p11.Session) error
 		if !retry || attempt > 0 {
 			return err
 		}
+		p.obs.retry(err, attempt+2)
 	}
 }
 
@@ -502,6 +512,7 @@ func (p *Provider) finish() error {
 	if err := p.mod.Release(); err != nil {
 		errs = append(errs, mapErr(err))
 	}
+	p.obs.closed(p, len(keys), errors.Join(errs...))
 	return errors.Join(errs...)
 }
 

@@ -86,4 +86,14 @@ func TestTokenErrorFromToken(t *testing.T) {
 	assert.Equal(t, uint(pkcs11.CKR_PIN_INCORRECT), te.Code)
 	assert.Equal(t, "CKR_PIN_INCORRECT", te.Name())
 
+	// The same from OpenAdmin: a refused SO PIN.
+	a, err := OpenAdmin(context.Background(), baseConfig(), PINValue([]byte("wrong-so-pin")))
+	require.NoError(t, err)
+	defer a.Close()
+	_, err = a.CreateKEK(context.Background(), uniqueName(t, "te"), KEKAES256)
+	var pe *PINError
+	require.ErrorAs(t, err, &pe)
+	require.ErrorAs(t, err, &te)
+	assert.Equal(t, "C_Login", te.Op)
+	assert.Equal(t, uint(pkcs11.CKR_PIN_INCORRECT), te.Code)
 }

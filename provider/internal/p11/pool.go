@@ -214,13 +214,10 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 		select {
 		case s = <-p.idle:
 		default:
-			if waitStart.IsZero() && len(p.slots) == cap(p.slots) && (p.hooks.WaitBegin != nil || p.hooks.WaitEnd != nil) {
-				// Every session is in use: this is a wait (the hooks only
-				// need to know; a session may still free up at once).
-				waitStart = time.Now()
-				if p.hooks.WaitBegin != nil {
-					p.hooks.WaitBegin()
-				}
+			if len(p.slots) == cap(p.slots) {
+				// Every session is in use: a wait, for the hooks (a
+				// session may still come back at once).
+				p.beginWait(&waitStart)
 			}
 			select {
 			case s = <-p.idle:
@@ -234,6 +231,7 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 						// some of ours are open or being opened: wait for
 						// one (PKCS#11 v2.40 §5.6). Ours may die instead of
 						// coming back, so try to open again now and then.
+						p.beginWait(&waitStart)
 						retry := time.NewTimer(sessionCountRetry)
 						select {
 						case s = <-p.idle:
@@ -257,6 +255,18 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 			continue
 		}
 		return s, nil
+	}
+}
+
+// beginWait marks the start of a wait of Get in *start, once, and tells
+// the hooks; without hooks it does nothing.
+func (p *Pool) beginWait(start *time.Time) {
+	if !start.IsZero() || p.hooks.WaitBegin == nil && p.hooks.WaitEnd == nil {
+		return
+	}
+	*start = time.Now()
+	if p.hooks.WaitBegin != nil {
+		p.hooks.WaitBegin()
 	}
 }
 

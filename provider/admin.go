@@ -189,9 +189,9 @@ func (a *Admin) session(ctx context.Context, so bool, fn func(s *p11.AdminSessio
 		code, _ := p11.CodeOf(err)
 		switch {
 		case code == pkcs11.CKR_USER_ANOTHER_ALREADY_LOGGED_IN:
-			return fmt.Errorf("%w: another login holds the token in this process (close providers before kek administration): %w", ErrConfig, err)
+			return fmt.Errorf("%w (close providers before kek administration): %w", ErrLoginHeld, withTokenError(err))
 		case isPINCode(code):
-			pe := &PINError{SO: so, err: err, Locked: code == pkcs11.CKR_PIN_LOCKED}
+			pe := &PINError{SO: so, err: withTokenError(err), Locked: code == pkcs11.CKR_PIN_LOCKED}
 			if flags, ferr := a.mod.TokenFlags(a.token.Slot); ferr == nil {
 				if so {
 					pe.CountLow = flags&pkcs11.CKF_SO_PIN_COUNT_LOW != 0
@@ -208,7 +208,7 @@ func (a *Admin) session(ctx context.Context, so bool, fn func(s *p11.AdminSessio
 		}
 		return mapErr(err)
 	}
-	return fn(s)
+	return withTokenError(fn(s))
 }
 
 func isPINCode(code uint) bool {

@@ -63,6 +63,14 @@ type Config struct {
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
+	// Logger, when set, is told what the provider does that an operator
+	// wants to know: the token opened and closed (Info), logins restored and
+	// keys lost (Warn), waits for a session and calls tried again (Debug).
+	// No PIN, key value, wrapped key or data is ever logged.
+	Logger *slog.Logger
+	// Metrics, when set, counts pool waits, retries, lost keys and
+	// restored logins (see Metrics).
+	Metrics *Metrics
 
 	// match holds the URI's attributes that have no field above; set by
 	// resolve.

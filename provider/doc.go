@@ -67,10 +67,106 @@
 // something (C_GenerateKey). When Open gives up, the error says how often
 // it tried and matches ErrTokenBusy if the token was there a moment before.
 //
+// # Logs and metrics
+//
+// Config.Logger (a *slog.Logger) and Config.Metrics (hooks of plain
+// functions) report what an operator of an HSM-backed service watches:
+// waits for a session when all MaxSessions are in use, token calls tried
+// again (with the function and CKR_* code), session keys lost, logins
+// restored, and the token opened and closed. Neither ever receives a PIN,
+// a key value, a wrapped key or data. Unset, they cost a nil check.
+//
+// # Which call for which job
+//
+//   - Open (the package function) opens a token and logs in; Key.Open
+//     opens what Key.Seal sealed (the name crypto/cipher's AEAD uses).
+//   - Small messages in memory: Key.Seal and Key.Open (up to MaxSealSize),
+//     under a key from Generate.
+//   - Data of any size, for readers holding a KEK: Encrypt (a reader, with
+//     its size or UnknownSize) or NewEncrypter (a writer), and Decrypt. Each
+//     message has a fresh session key; openssl cms opens it.
+//   - Keeping a session key for later, or moving it to another token:
+//     Export, Import, and Rewrap to change its KEKs. The blob is CMS
+//     AuthEnvelopedData that names its KEKs, binds the encryption context
+//     and carries a manifest (key ID, creation time, check value) that
+//     Import checks. This is the normal way.
+//   - Wrap, WrapWith, Unwrap and RewrapKey are the low-level layer: the
+//     raw output of C_WrapKey (RFC 3394 or RFC 5649 key wrap, or RSA-OAEP)
+//     as a WrappedKey, for systems that take such blobs and not CMS (a
+//     cloud KMS key import, another HSM's C_UnwrapKey, a custom format).
+//     A WrappedKey carries no context, no manifest and no check value: the
+//     caller keeps KEKID, Mechanism and Algorithm with it, and binds it to
+//     anything else itself.
+//   - Looking at a blob or message: Inspect (no token, nothing
+//     authenticated), InspectKey (an exported key's manifest, read on the
+//     token).
+//   - Listing tokens before opening one: TokensOf.
+//
 // # Errors
 //
-// Callers branch with errors.Is on the exported sentinels (ErrNotFound,
-// ErrKeyLost, ErrAuthentication, ...) and errors.As on *PINError,
-// *TokenNotFoundError and *TokenError, which carries the raw CKR_* code.
+// Errors wrap a short prefix around what happened ("seal: ...") and never
+// contain a PIN or key bytes. Callers branch with errors.Is on these
+// sentinels:
+//
+//   - ErrNotFound: a token, KEK or object asked for is not there (a
+//     *TokenNotFoundError lists the tokens that are).
+//   - ErrClosed: the provider was closed; a key used after Close also
+//     matches ErrKeyDestroyed.
+//   - ErrKeyLost: the token dropped the session holding the key (token
+//     restart, device error, sessions closed elsewhere); it is gone for good.
+//   - ErrKeyDestroyed: the key was destroyed with Key.Destroy or Close.
+//   - ErrKeyExhausted: the key reached Config.MaxSealsPerKey encryptions.
+//   - ErrAuthentication: a ciphertext, its additional data or an exported
+//     key's manifest failed the GCM tag check; no plaintext is returned.
+//   - ErrContext: the encryption context given differs from the message's.
+//   - ErrMalformed: the input is not well-formed CMS (truncated, bad DER).
+//   - ErrWrongKind: a message given to Import, an exported key to Decrypt,
+//     CMS of another content type (a *KindError says which).
+//   - ErrWrappedKeyInvalid: a wrapped key failed its integrity check, was
+//     wrapped under another KEK, or does not match its manifest.
+//   - ErrInvalidInput: an argument is malformed (nil, empty, wrong length,
+//     a size out of range).
+//   - ErrUnsupported: the token lacks a mechanism or behaviour hsmkeys
+//     needs, or a message uses a feature hsmkeys does not handle.
+//   - ErrPolicy: the token did not apply a key attribute asked for, or
+//     refuses an export the policy forbids (ExportNone, untrusted KEK).
+//   - ErrTokenUnavailable: the token is not present or the device was
+//     removed.
+//   - ErrTokenBusy: the token kept failing calls that usually succeed when
+//     made again (SoftHSM's file store under several processes); later may
+//     work.
+//   - ErrLoginHeld: another login of this process holds the token (an
+//     Admin while a Provider opens, or the reverse); it ends when that one
+//     closes.
+//   - ErrConfig: the configuration is contradictory or incomplete (no
+//     module, a bad URI, a module that does not load, two tokens match).
+//   - ErrPINSource: a PIN source gave no PIN (missing or empty file, unset
+//     variable, failed prompt); the token never saw a PIN.
+//   - ErrSecretFile: a KEK value file is unsafe (mode, owner, a link) or
+//     malformed.
+//   - ErrSecretTooLong: a PIN or secret file is longer than any valid one;
+//     refused before the token saw it.
+//   - ErrNoModule: no module is configured and p11-kit's proxy is not
+//     installed (a *NoModuleError lists the modules p11-kit registers).
+//     Matches ErrConfig too.
+//   - ErrAmbiguous: a URI or name matches several objects (for example an
+//     object URI without id= naming a KEK with several versions).
+//   - ErrVersionConflict: other administrators kept making the same KEK
+//     version at the same moment; nothing was left on the token.
+//
+// and with errors.As on these types:
+//
+//   - *PINError: the token refused a PIN (SO or user, with the token's
+//     count-low, final-try and locked flags); never tried again.
+//   - *TokenNotFoundError: the token asked for is not there; lists those
+//     that are. Matches ErrNotFound.
+//   - *KindError: input of another kind than the call takes. Matches
+//     ErrWrongKind.
+//   - *NoModuleError: no module configured; lists the modules p11-kit
+//     registers. Matches ErrNoModule and ErrConfig.
+//   - *TokenError: the PKCS#11 function and CKR_* code behind any error a
+//     token call caused, with its name; unwraps to the sentinel its code
+//     stands for (ErrTokenUnavailable, ErrUnsupported, ErrLoginHeld).
+//
 // Bad input gets an error, never a panic.
 package provider

@@ -20,8 +20,11 @@ import (
 // its plaintext, the way age.Encrypt does: what is written is encrypted on
 // the token and written to dst as it goes, in parts of the provider's chunk
 // size; Close ends the message (the GCM tag) and does not close dst. The
-// message is the one Encrypt writes with size -1 (indefinite-length BER, or
-// PEM with o.Armor), read by Decrypt, hsmkeys decrypt and openssl cms.
+// message is the one Encrypt writes with size UnknownSize
+// (indefinite-length BER, or PEM with o.Armor), read by Decrypt, hsmkeys
+// decrypt and openssl cms. A message holds at most MaxMessageSize bytes
+// (the AES-GCM limit, NIST SP 800-38D §5.2.1.1): the Write that would pass
+// it fails with ErrInvalidInput and voids the message.
 //
 // The header, with the session key wrapped for each KEK, is written before
 // NewEncrypter returns. Between NewEncrypter and Close the writer holds one

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 )
 
 // Errors a caller can branch on with errors.Is. Errors that came from the
@@ -15,13 +13,16 @@ import (
 var (
 	// ErrNotFound: a token, KEK or object that was asked for is not there.
 	ErrNotFound = errors.New("not found")
-	// ErrClosed: the provider was closed.
+	// ErrClosed: the provider was closed (Close or Shutdown began). A key
+	// used after that answers an error that matches both ErrClosed and
+	// ErrKeyDestroyed: Close destroyed it.
 	ErrClosed = errors.New("provider closed")
 	// ErrKeyLost: the token dropped the session that held this session key
 	// (token restart, device error, sessions closed under us). The key is gone
 	// for good; that is what a volatile key is for.
 	ErrKeyLost = errors.New("session key lost: its token session is gone")
-	// ErrKeyDestroyed: the key was destroyed with Destroy or Close.
+	// ErrKeyDestroyed: the key was destroyed with Destroy or Close (after
+	// Close the error also matches ErrClosed).
 	ErrKeyDestroyed = errors.New("session key destroyed")
 	// ErrAuthentication: a ciphertext or its additional data failed the GCM
 	// tag check. No plaintext is returned.
@@ -54,11 +55,14 @@ var (
 	// same token (SoftHSMv2 #757). The provider tried a few times with a
 	// short wait before giving up; trying again later may work.
 	ErrTokenBusy = errors.New("token busy or failing")
+	// ErrLoginHeld: the token is logged in, in this process, as another
+	// user than the call needs: an Admin (Security Officer) while a
+	// Provider opens, or a Provider (user) while OpenAdmin logs in. Login
+	// state belongs to the whole application, not to a session (PKCS#11
+	// v2.40 §5.6, C_Login: CKR_USER_ANOTHER_ALREADY_LOGGED_IN); it ends
+	// when the other holder closes.
+	ErrLoginHeld = errors.New("another login holds the token in this process")
 )
-
-// TokenError is a PKCS#11 return value other than CKR_OK: Op is the function
-// ("C_Encrypt"), Code the CKR_* value.
-type TokenError = p11.Error
 
 // PINError reports a PIN the token refused. The provider tries a PIN once and
 // never again: real tokens lock after a few wrong tries.

@@ -35,14 +35,23 @@ var ErrContext = errors.New("encryption context does not match")
 // MaxBlobSize bounds an exported key (a few recipients, a small manifest).
 const MaxBlobSize = 1 << 20
 
-// Options are the optional parts of Export, Import, Encrypt and Decrypt.
+// Options are the optional parts of the calls that write or read CMS.
+// One Options value may serve a write and the read of what it wrote:
+//
+//   - Export, Encrypt, NewEncrypter: Context is bound to the output; Armor
+//     writes PEM.
+//   - Import, Decrypt, InspectKey: Context must equal the input's. Armor is
+//     not used: these read DER, BER or PEM, whichever the input is.
+//   - Rewrap: Context must equal the input's (and stays bound to the
+//     output); the output is PEM when Armor is set or the input was PEM.
 type Options struct {
 	// Context is an encryption context: key/value pairs bound to the message
 	// as authenticated attributes (in the spirit of a cloud KMS encryption
 	// context). Decryption and import must be given the same context.
 	Context map[string]string
-	// Armor makes Export, Rewrap and Encrypt write PEM ("-----BEGIN CMS-----")
-	// instead of DER.
+	// Armor makes Export, Rewrap, Encrypt and NewEncrypter write PEM
+	// ("-----BEGIN CMS-----") instead of DER. Calls that only read ignore
+	// it: they recognise PEM by itself.
 	Armor bool
 }
 
@@ -456,6 +465,7 @@ func (x *skiIndex) find(ctx context.Context, ski []byte) (*KEK, error) {
 // the blob), the unwrap, the manifest's GCM tag under the unwrapped key, and
 // the manifest against the key (algorithm, length, check value). A blob
 // edited anywhere, or a wrapped key spliced in from another blob, fails.
+// The blob may be DER or PEM; o.Armor is not used.
 func (p *Provider) Import(ctx context.Context, blob []byte, o Options) (*Key, error) {
 	m, err := parseBlob(blob)
 	if err != nil {
@@ -534,6 +544,7 @@ func (p *Provider) importMessage(ctx context.Context, m *cms.Message, o Options)
 	if err != nil {
 		return nil, err
 	}
+	k.manifest = manifest
 	copy(k.id[:], manifest.KeyID)
 	k.created = manifest.Created
 	ok = true
@@ -615,7 +626,10 @@ type Info struct {
 	Recipients []Recipient
 	Context    map[string]string
 	ContentLen int64
-	Manifest   *cms.Manifest // nil: encrypted under the key, readable only with it
+	// Manifest is the exported key's manifest: nil from Inspect (it is
+	// encrypted under the key), set by Provider.InspectKey, which reads it
+	// on the token.
+	Manifest *KeyManifest
 }
 
 // Inspect parses an exported key or a message and reports its recipients

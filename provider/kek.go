@@ -494,7 +494,9 @@ func (w WrapMechanism) isRSA() bool { return w == RSAOAEPSHA1 || w == RSAOAEPSHA
 
 // WrappedKey is a session key wrapped under a KEK: the raw output of
 // C_WrapKey and what is needed to unwrap it. The format of exported keys
-// builds on it.
+// builds on it. Wrap, Unwrap and this type are the low-level layer, for
+// systems that want raw wrapped keys; Export and Import are the normal way
+// (see the package doc, Which call for which job).
 type WrappedKey struct {
 	KEKID     []byte        // the CKA_ID of the KEK version
 	Mechanism WrapMechanism // how it was wrapped

@@ -506,7 +506,7 @@ func TestAdminPINErrors(t *testing.T) {
 	openProvider(t)
 	a2 := openAdmin(t)
 	_, err = a2.CreateKEKWith(bg, uniqueName(t, "x"), KEKAES256, allowExposed)
-	require.ErrorIs(t, err, ErrConfig)
+	require.ErrorIs(t, err, ErrLoginHeld)
 	assert.Contains(t, err.Error(), "close providers")
 }
 

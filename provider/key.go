@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hsmkeys/hsmkeys/provider/internal/cms"
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 	"github.com/miekg/pkcs11"
 )
@@ -52,9 +53,6 @@ func (a Algorithm) bytes() int {
 	return 0
 }
 
-// Overhead is what Seal adds to a plaintext: the nonce and the tag.
-const Overhead = p11.NonceSize + p11.TagSize
-
 // MaxSealSize bounds one Seal or Open. Larger data belongs in a stream.
 const MaxSealSize = 64 << 20
 
@@ -64,12 +62,13 @@ const MaxSealSize = 64 << 20
 // the token dropping its session (then ErrKeyLost). Key is safe for
 // concurrent use.
 type Key struct {
-	p       *Provider
-	obj     p11.Object
-	owner   *p11.Session
-	alg     Algorithm
-	created time.Time
-	id      [16]byte // random; names the key in its exported manifests
+	p        *Provider
+	obj      p11.Object
+	owner    *p11.Session
+	alg      Algorithm
+	created  time.Time
+	id       [16]byte      // random; names the key in its exported manifests
+	manifest *cms.Manifest // what an imported key's blob said of it (InspectKey)
 	// exportable: generated under ExportTrusted, or unwrapped (the KEK's
 	// unwrap template makes it CKA_EXTRACTABLE and CKA_WRAP_WITH_TRUSTED).
 	exportable bool
@@ -195,7 +194,7 @@ func (k *Key) guard(op string, fn func() error) error {
 	}
 	if err := k.p.begin(); err != nil {
 		if errors.Is(err, ErrClosed) {
-			return fmt.Errorf("%s: %w", op, ErrKeyDestroyed)
+			return fmt.Errorf("%s: %w: %w", op, ErrKeyDestroyed, ErrClosed)
 		}
 		return err
 	}
@@ -220,7 +219,7 @@ func (k *Key) guard(op string, fn func() error) error {
 		if errors.Is(err, ErrKeyLost) {
 			return fmt.Errorf("%s: %w", op, ErrKeyLost)
 		}
-		return fmt.Errorf("%s: %w: %w", op, ErrKeyLost, err)
+		return fmt.Errorf("%s: %w: %w", op, ErrKeyLost, withTokenError(err))
 	}
 	return fmt.Errorf("%s: %w", op, mapErr(err))
 }
@@ -230,6 +229,7 @@ func (k *Key) markLost() {
 	if k.lost.Swap(true) {
 		return
 	}
+	k.p.obs.keyLost(k)
 	k.p.keysMu.Lock()
 	delete(k.p.keys, k)
 	k.p.keysMu.Unlock()
@@ -270,7 +270,8 @@ func (k *Key) Seal(ctx context.Context, plaintext, additionalData []byte) ([]byt
 
 // Open authenticates and decrypts what Seal made with this key and the same
 // additionalData. Any change to either gives ErrAuthentication and no
-// plaintext.
+// plaintext. (The package function Open is another thing: it opens a
+// token.)
 func (k *Key) Open(ctx context.Context, sealed, additionalData []byte) ([]byte, error) {
 	if len(sealed) < Overhead {
 		return nil, fmt.Errorf("open: %w: %d bytes is shorter than nonce and tag", ErrAuthentication, len(sealed))

@@ -69,6 +69,8 @@ type Provider struct {
 
 	// Enforcement is what the export-policy checks at Open found.
 	enforcement []EnforcementCheck
+
+	obs *observer // Config.Logger and Config.Metrics; nil when neither is set
 }
 
 // EnforcementCheck is one check Open made that the token enforces the export
@@ -91,20 +93,22 @@ type EnforcementCheck struct {
 func (p *Provider) Enforcement() []EnforcementCheck { return slices.Clone(p.enforcement) }
 
 // Tokens lists the tokens present in the module at path (empty:
-// DefaultModule). A transient failure (p11.Transient: SoftHSM's file store
-// while other processes use the token) is tried again a few times, loading
-// the module anew.
+// DefaultModule): TokensOf with Config{Module: path} and a context that
+// never ends.
+//
+// Deprecated: use TokensOf, whose waits end with its context and which
+// passes Config.InitArgs to the module.
 func Tokens(path string) ([]TokenInfo, error) {
-	return TokensOf(Config{Module: path})
+	return TokensOf(context.Background(), Config{Module: path})
 }
 
 // TokensOf lists the tokens present in cfg's module (Config.Module, the
 // URI's module-path or module-name, else DefaultModule), initialised with
 // cfg.InitArgs. The URI's token attributes do not filter the list. A
-// transient failure (p11.Transient: SoftHSM's file store while other
-// processes use the token) is tried again a few times, loading the module
-// anew.
-func TokensOf(cfg Config) ([]TokenInfo, error) {
+// transient failure (SoftHSM's file store while other processes use the
+// token) is tried again a few times, loading the module anew, with a short
+// wait between tries that ends with ctx.
+func TokensOf(ctx context.Context, cfg Config) ([]TokenInfo, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {
 		return nil, err
@@ -119,8 +123,12 @@ func TokensOf(cfg Config) ([]TokenInfo, error) {
 		if err == nil || !p11.Transient(err) {
 			return ts, err
 		}
-		if try == p11.MaxTries || p11.Backoff(context.Background(), try+1) != nil {
+		if try == p11.MaxTries {
 			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		}
+		newObserver(cfg).retry(err, try+1)
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
 		}
 	}
 }
@@ -140,6 +148,7 @@ func tokens(mod *p11.Module) ([]TokenInfo, error) {
 
 // Open loads the module, finds the token, reads the PIN once and logs in.
 // A PIN the token refuses gives a *PINError and is not tried again.
+// (Key.Open is another thing: it opens what Key.Seal sealed.)
 func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {
@@ -181,9 +190,10 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{})}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: newObserver(cfg)}
 		err = p.open(ctx)
 		if err == nil {
+			p.obs.opened(p, try)
 			return p, nil
 		}
 		pin = p.pin
@@ -193,6 +203,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, openFailed(err, try, seen)
 		}
+		p.obs.retry(err, try+1)
 		if werr := p11.Backoff(ctx, try+1); werr != nil {
 			clear(pin)
 			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, seen))
@@ -257,6 +268,7 @@ func (p *Provider) open(ctx context.Context) error {
 		return p.loginErr(err)
 	}
 	p.pool = pool
+	pool.SetHooks(p.obs.poolHooks())
 	defer pool.Put(first)
 	if p.cfg.ExportPolicy == ExportTrusted {
 		for _, r := range pool.CheckEnforcement(first) {
@@ -295,7 +307,7 @@ func (p *Provider) loginErr(err error) error {
 	switch code {
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LOCKED, pkcs11.CKR_PIN_EXPIRED,
 		pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
-		pe := &PINError{err: err, Locked: code == pkcs11.CKR_PIN_LOCKED}
+		pe := &PINError{err: withTokenError(err), Locked: code == pkcs11.CKR_PIN_LOCKED}
 		if flags, ferr := p.mod.TokenFlags(p.token.Slot); ferr == nil {
 			pe.CountLow = flags&pkcs11.CKF_USER_PIN_COUNT_LOW != 0
 			pe.FinalTry = flags&pkcs11.CKF_USER_PIN_FINAL_TRY != 0
@@ -406,6 +418,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 		if err != nil {
 			if p11.Transient(err) && tries < p11.MaxTries {
 				tries++
+				p.obs.retry(err, tries)
 				if werr := p11.Backoff(ctx, tries); werr == nil {
 					continue
 				}
@@ -417,6 +430,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 		p.pool.Put(s)
 		if reads && !retry && p11.Transient(err) && tries < p11.MaxTries {
 			tries++
+			p.obs.retry(err, tries)
 			if werr := p11.Backoff(ctx, tries); werr == nil {
 				continue
 			}
@@ -426,6 +440,7 @@ func (p *Provider) doTries(ctx context.Context, reads bool, fn func(s *p11.Sessi
 			return err
 		}
 		attempt++
+		p.obs.retry(err, attempt+1)
 	}
 }
 
@@ -452,6 +467,7 @@ func (p *Provider) doDetached(ctx context.Context, fn func(s *p11.Session) error
 		if !retry || attempt > 0 {
 			return err
 		}
+		p.obs.retry(err, attempt+2)
 	}
 }
 
@@ -520,6 +536,7 @@ func (p *Provider) finish() error {
 	if err := p.mod.Release(); err != nil {
 		errs = append(errs, mapErr(err))
 	}
+	p.obs.closed(p, len(keys), errors.Join(errs...))
 	return errors.Join(errs...)
 }
 
@@ -600,8 +617,11 @@ func (c closingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// mapErr adds the sentinel a caller branches on to a token error.
-func mapErr(err error) error {
+// mapErr adds the sentinel a caller branches on to a token error, and
+// makes the token's code reachable as a *TokenError.
+func mapErr(err error) error { return withTokenError(mapSentinel(err)) }
+
+func mapSentinel(err error) error {
 	if err == nil {
 		return nil
 	}

@@ -181,7 +181,7 @@ func TestNSSSoftoken(t *testing.T) {
 	assert.Contains(t, err.Error(), "CKR_ARGUMENTS_BAD")
 
 	args := nssInitArgs(dir)
-	ts, err := TokensOf(Config{Module: nssSoftoken, InitArgs: args})
+	ts, err := TokensOf(bg, Config{Module: nssSoftoken, InitArgs: args})
 	require.NoError(t, err)
 	var labels []string
 	for _, x := range ts {
@@ -199,7 +199,7 @@ func TestNSSSoftoken(t *testing.T) {
 
 	// One instance, one configuration: other arguments are refused while
 	// this one is open.
-	_, err = TokensOf(Config{Module: nssSoftoken, InitArgs: nssInitArgs(t.TempDir())})
+	_, err = TokensOf(bg, Config{Module: nssSoftoken, InitArgs: nssInitArgs(t.TempDir())})
 	require.ErrorIs(t, err, ErrConfig)
 
 	k, err := p.Generate(bg, AES256)

@@ -53,14 +53,19 @@ const maxGCMContent = (1<<39 - 256) / 8
 // (DER, or PEM with o.Armor). Each message gets a fresh session key, made on
 // the token, wrapped for each KEK, used for AES-GCM on the token, and
 // destroyed. size is the length of src when known (the message is then
-// definite-length DER), or -1 (indefinite-length BER, as openssl -stream
-// writes). Memory use does not grow with the size of src.
+// definite-length DER), or UnknownSize (indefinite-length BER, as openssl
+// -stream writes). Memory use does not grow with the size of src. src may
+// hold at most MaxMessageSize bytes (the AES-GCM limit of one message);
+// more is ErrInvalidInput, before anything is written when size says so.
 func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, size int64, to []*KEK, o Options) (err error) {
 	if dst == nil || src == nil {
 		return fmt.Errorf("encrypt: %w: nil reader or writer", ErrInvalidInput)
 	}
 	if size > maxGCMContent {
 		return fmt.Errorf("encrypt: %w: %d bytes is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput, size)
+	}
+	if size < UnknownSize {
+		return fmt.Errorf("encrypt: %w: size %d (want the length of src, or UnknownSize)", ErrInvalidInput, size)
 	}
 	if err := checkKEKs(to); err != nil {
 		return fmt.Errorf("encrypt: %w", err)

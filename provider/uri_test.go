@@ -98,7 +98,7 @@ func TestTokenURIRoundTrip(t *testing.T) {
 	ti := testTokenInfo(t)
 	u := ti.URI()
 	require.Equal(t, "pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2;serial="+ti.Serial+";token="+esc(tok.label), u)
-	ts, err := TokensOf(Config{URI: u + "?module-path=" + tok.module})
+	ts, err := TokensOf(bg, Config{URI: u + "?module-path=" + tok.module})
 	require.NoError(t, err)
 	sel, err := selectToken(Config{URI: u}.mustResolveMatch(t), nil, ts)
 	require.NoError(t, err)
@@ -222,7 +222,7 @@ func TestDefaultModule(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, tok.serial, p.Token().Serial)
 		require.NoError(t, p.Close())
-		ts, err := TokensOf(Config{})
+		ts, err := TokensOf(bg, Config{})
 		require.NoError(t, err)
 		require.True(t, strings.Contains(fmt.Sprint(ts), tok.serial))
 	})
@@ -243,7 +243,7 @@ func TestDefaultModule(t *testing.T) {
 		// Never SoftHSM by itself: Open says how to choose.
 		_, err = Open(bg, Config{TokenLabel: "x", PIN: PINValue([]byte("x"))})
 		require.ErrorIs(t, err, ErrNoModule)
-		_, err = TokensOf(Config{})
+		_, err = TokensOf(bg, Config{})
 		require.ErrorIs(t, err, ErrNoModule)
 
 		withModuleDirs(t, []string{filepath.Join(share, "missing")}, nil, nil)

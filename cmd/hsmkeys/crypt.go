@@ -282,7 +282,7 @@ func nonNil(m map[string]string) map[string]string {
 // (size -1: the message is then streamed as indefinite-length BER).
 func (c *cli) openInput(ctx context.Context, path string) (io.Reader, int64, func(), error) {
 	if path == "" || path == "-" {
-		return newCtxReader(ctx, c.stdin), -1, func() {}, nil
+		return newCtxReader(ctx, c.stdin), provider.UnknownSize, func() {}, nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -295,7 +295,7 @@ func (c *cli) openInput(ctx context.Context, path string) (io.Reader, int64, fun
 	}
 	if !st.Mode().IsRegular() {
 		// A pipe or a device: its size is unknown and reads may block.
-		return newCtxReader(ctx, f), -1, func() { f.Close() }, nil
+		return newCtxReader(ctx, f), provider.UnknownSize, func() { f.Close() }, nil
 	}
 	return f, st.Size(), func() { f.Close() }, nil
 }

@@ -96,7 +96,7 @@ func hints(err error) []string {
 		return []string{"the file was changed, truncated or made for another key; nothing was written"}
 	case errors.Is(err, provider.ErrUnsupported), errors.Is(err, provider.ErrPolicy):
 		return []string{"run 'hsmkeys doctor' to see what this token can and cannot enforce"}
-	case errors.Is(err, provider.ErrConfig) && strings.Contains(err.Error(), "another login"):
+	case errors.Is(err, provider.ErrLoginHeld):
 		return []string{"close other programs of this process using the token; kek commands log in as the Security Officer"}
 	case strings.Contains(err.Error(), "C_Initialize: CKR_ARGUMENTS_BAD"):
 		return []string{"this module needs initialisation arguments: give them with --init-args or HSMKEYS_INIT_ARGS (NSS softoken: --init-args \"configdir='sql:/path/to/db'\")"}

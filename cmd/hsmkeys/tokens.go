@@ -55,7 +55,7 @@ func (c *cli) cmdTokens(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ts, err := provider.TokensOf(provider.Config{Module: mod, InitArgs: c.initArgs})
+	ts, err := provider.TokensOf(ctx, provider.Config{Module: mod, InitArgs: c.initArgs})
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,27 @@ type Pool struct {
 	closed bool
 	pinErr error // the login error of a rejected PIN, returned from then on
 	logins int   // successful C_Login calls (the first, then restorations)
+
+	hooks Hooks // set once, before the pool is shared
 }
+
+// Hooks are told what the pool does, for logs and metrics; nil ones are
+// not called. They run on the goroutine of the operation, outside the
+// pool's locks, and must be quick and not use the pool.
+type Hooks struct {
+	// WaitBegin: every session is in use and Get starts to wait.
+	WaitBegin func()
+	// WaitEnd: the wait WaitBegin announced ended after d, with a session
+	// or with the context's end.
+	WaitEnd func(d time.Duration)
+	// Relogin: the token had lost the login state and the pool logged in
+	// again.
+	Relogin func()
+}
+
+// SetHooks sets the hooks. Call it before the pool is used by more than
+// one goroutine.
+func (p *Pool) SetHooks(h Hooks) { p.hooks = h }
 
 // NewPool opens the first session on slot and logs the user in with the PIN
 // that pin returns. pin is called again only if the token loses the login
@@ -124,26 +144,36 @@ func (p *Pool) openOnce() (*Session, error) {
 // ensureLogin logs in through s unless the application already is. A PIN the
 // token rejected is never tried twice.
 func (p *Pool) ensureLogin(s *Session) error {
+	relogin, err := p.ensureLoginLocked(s)
+	if relogin && p.hooks.Relogin != nil {
+		p.hooks.Relogin()
+	}
+	return err
+}
+
+// ensureLoginLocked is ensureLogin under mu; relogin reports a login that
+// restored a lost one.
+func (p *Pool) ensureLoginLocked(s *Session) (relogin bool, _ error) {
 	// The state is read under mu: sessions opened at once after a lost
 	// login then send one C_Login between them, not one each.
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	info, err := p.ctx().GetSessionInfo(s.h)
 	if err != nil {
-		return wrapErr("C_GetSessionInfo", err)
+		return false, wrapErr("C_GetSessionInfo", err)
 	}
 	if info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS {
-		return nil
+		return false, nil
 	}
 	if p.pinErr != nil {
-		return p.pinErr
+		return false, p.pinErr
 	}
 	if p.pin == nil {
-		return nil // public sessions only
+		return false, nil // public sessions only
 	}
 	pin, err := p.pin()
 	if err != nil {
-		return err
+		return false, err
 	}
 	err = p.ctx().Login(s.h, pkcs11.CKU_USER, string(pin))
 	clear(pin)
@@ -155,10 +185,10 @@ func (p *Pool) ensureLogin(s *Session) error {
 		if code, _ := CodeOf(err); isPINCode(code) {
 			p.pinErr = err
 		}
-		return err
+		return false, err
 	}
 	p.logins++
-	return nil
+	return p.logins > 1, nil
 }
 
 func isPINCode(code uint) bool {
@@ -173,11 +203,22 @@ func isPINCode(code uint) bool {
 // Get returns a live session for exclusive use until Put, opening one if
 // fewer than max are open, or waiting for one; waiting ends with ctx.
 func (p *Pool) Get(ctx context.Context) (*Session, error) {
+	var waitStart time.Time // set when every session was in use
+	defer func() {
+		if !waitStart.IsZero() && p.hooks.WaitEnd != nil {
+			p.hooks.WaitEnd(time.Since(waitStart))
+		}
+	}()
 	for {
 		var s *Session
 		select {
 		case s = <-p.idle:
 		default:
+			if len(p.slots) == cap(p.slots) {
+				// Every session is in use: a wait, for the hooks (a
+				// session may still come back at once).
+				p.beginWait(&waitStart)
+			}
 			select {
 			case s = <-p.idle:
 			case p.slots <- struct{}{}:
@@ -190,6 +231,7 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 						// some of ours are open or being opened: wait for
 						// one (PKCS#11 v2.40 §5.6). Ours may die instead of
 						// coming back, so try to open again now and then.
+						p.beginWait(&waitStart)
 						retry := time.NewTimer(sessionCountRetry)
 						select {
 						case s = <-p.idle:
@@ -213,6 +255,18 @@ func (p *Pool) Get(ctx context.Context) (*Session, error) {
 			continue
 		}
 		return s, nil
+	}
+}
+
+// beginWait marks the start of a wait of Get in *start, once, and tells
+// the hooks; without hooks it does nothing.
+func (p *Pool) beginWait(start *time.Time) {
+	if !start.IsZero() || p.hooks.WaitBegin == nil && p.hooks.WaitEnd == nil {
+		return
+	}
+	*start = time.Now()
+	if p.hooks.WaitBegin != nil {
+		p.hooks.WaitBegin()
 	}
 }
 

@@ -84,7 +84,7 @@ func setup(dir string) error {
 		"HSMKEYS_PIN_FILE="+pinFile, "HSMKEYS_SO_PIN_FILE="+soFile, "HSMKEYS_URI=", "HSMKEYS_PIN=", "HSMKEYS_SO_PIN=")
 	for _, args := range [][]string{
 		{"init-token", "--label", "multiproc"},
-		{"kek", "create", "--label", "k", "--type", "aes256"},
+		{"kek", "create", "--label", "k", "--type", "aes256", "--allow-exposed-at-rest"},
 	} {
 		if out, err := hsmkeys(args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("hsmkeys %v: %v: %s", args, err, out)

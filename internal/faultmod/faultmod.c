@@ -58,6 +58,8 @@ static const char *const fn_names[FN_COUNT] = {
 };
 
 #define MAX_RULES 64
+#define MAX_HOLDS 8
+#define HOLD_PATH_MAX 1024
 #define MAX_CONTROL_BYTES (1 << 20)
 #define ALL_FUNCTIONS (-1)
 
@@ -74,6 +76,17 @@ struct rule {
 	unsigned long injected;	/* faults this rule injected */
 };
 
+/* A hold line: matching calls wait, before they are forwarded, while path exists. */
+struct hold {
+	int fn;			/* FN_* or ALL_FUNCTIONS ("*") */
+	unsigned long every;	/* as in struct rule */
+	unsigned long from;
+	unsigned long limit;	/* 0: unlimited; else at most this many held calls */
+	unsigned long calls;	/* matching calls since this line was loaded */
+	unsigned long held;	/* calls this line held */
+	char path[HOLD_PATH_MAX];
+};
+
 struct config {
 	uint64_t generation;
 	int has_generation;
@@ -86,6 +99,8 @@ struct config {
 	int stats;
 	CK_RV gone;		/* 0: token present */
 	int errors;
+	struct hold holds[MAX_HOLDS];
+	int nholds;
 };
 
 struct filekey {
@@ -129,6 +144,8 @@ static struct {
 	struct session *sessions;
 	size_t nsessions, capsessions;
 	unsigned long reserved;	/* C_OpenSession calls in flight */
+	unsigned long holding;	/* calls waiting on a hold line now */
+	unsigned long held;	/* calls held since C_Initialize */
 } st;
 
 static void lock(pthread_mutex_t *m)
@@ -296,6 +313,46 @@ static const char *parse_fail(struct config *c, char **w, int n)
 	return NULL;
 }
 
+/* parse_hold: hold FUNCTION|* PATH [every N] [from K] [count C] */
+static const char *parse_hold(struct config *c, char **w, int n)
+{
+	struct hold *h;
+	unsigned long long v;
+	int i, fn;
+
+	if (n < 3)
+		return "want: hold FUNCTION|* PATH [every N] [from K] [count C]";
+	fn = parse_fn(w[1]);
+	if (fn == -2)
+		return "unknown function";
+	if (fn == FN_C_GetFunctionList)
+		return "C_GetFunctionList cannot be held";
+	if (w[2][0] != '/' || strlen(w[2]) >= HOLD_PATH_MAX)
+		return "hold wants an absolute path shorter than 1024 bytes";
+	if (c->nholds >= MAX_HOLDS)
+		return "too many hold lines";
+	h = &c->holds[c->nholds];
+	memset(h, 0, sizeof(*h));
+	h->fn = fn;
+	strcpy(h->path, w[2]);
+	for (i = 3; i < n; i += 2) {
+		if (i + 1 >= n)
+			return "option without value";
+		if (parse_ulong(w[i + 1], &v) != 0)
+			return "option wants a decimal or 0x number";
+		if (strcmp(w[i], "every") == 0 && v > 0)
+			h->every = v;
+		else if (strcmp(w[i], "from") == 0 && v > 0)
+			h->from = v;
+		else if (strcmp(w[i], "count") == 0)
+			h->limit = v;
+		else
+			return "unknown option (every N>0, from K>0, count C)";
+	}
+	c->nholds++;
+	return NULL;
+}
+
 static const char *parse_line(struct config *c, char *line)
 {
 	char *w[MAX_WORDS], *save = NULL, *tok, *hash;
@@ -341,6 +398,8 @@ static const char *parse_line(struct config *c, char *line)
 	}
 	if (strcmp(w[0], "fail") == 0)
 		return parse_fail(c, w, n);
+	if (strcmp(w[0], "hold") == 0)
+		return parse_hold(c, w, n);
 	if (strcmp(w[0], "max_sessions") == 0) {
 		if (n != 2 || parse_ulong(w[1], &v) != 0)
 			return "want: max_sessions N";
@@ -527,6 +586,7 @@ static void write_stats(void)
 	unsigned long calls[FN_COUNT], injected[FN_COUNT], loads, errs;
 	uint64_t gen;
 	size_t open;
+	unsigned long holding, held;
 	char *path, *tmp;
 	FILE *f;
 	int fd, i;
@@ -543,6 +603,8 @@ static void write_stats(void)
 	errs = st.load_errors;
 	gen = st.cfg.generation;
 	open = st.nsessions;
+	holding = st.holding;
+	held = st.held;
 	unlock(&mu);
 	if (!path)
 		return;
@@ -563,6 +625,8 @@ static void write_stats(void)
 	fprintf(f, "loads %lu\n", loads);
 	fprintf(f, "load_errors %lu\n", errs);
 	fprintf(f, "open_sessions %zu\n", open);
+	fprintf(f, "holding %lu\n", holding);
+	fprintf(f, "held %lu\n", held);
 	for (i = 0; i < FN_COUNT; i++)
 		if (calls[i] || injected[i])
 			fprintf(f, "%s calls %lu injected %lu\n", fn_names[i], calls[i], injected[i]);
@@ -653,6 +717,24 @@ static int rule_fires(struct rule *r)
 	if (r->limit && r->injected >= r->limit)
 		fire = 0;
 	return fire;
+}
+
+/* hold_fires counts the call and says whether the hold line applies to it. */
+static int hold_fires(struct hold *h, int fn)
+{
+	unsigned long n;
+
+	if (!(h->fn == fn || (h->fn == ALL_FUNCTIONS && fn != FN_C_GetFunctionList &&
+	    fn != FN_C_Initialize && fn != FN_C_Finalize)))
+		return 0;
+	n = ++h->calls;
+	if (h->every && n % h->every != 0)
+		return 0;
+	if (h->from && n < h->from)
+		return 0;
+	if (h->limit && h->held >= h->limit)
+		return 0;
+	return 1;
 }
 
 /* gone_applies: what still answers while the token is out of its slot. */
@@ -799,6 +881,22 @@ static void sleep_us(long long us)
 		;
 }
 
+/*
+ * wait_hold keeps a call waiting while path exists. The stats file is
+ * written when the wait starts and when it ends, so a test sees the event
+ * ("holding 1") instead of guessing how long the call takes.
+ */
+static void wait_hold(const char *path)
+{
+	write_stats();
+	while (access(path, F_OK) == 0)
+		sleep_us(1000);
+	lock(&mu);
+	st.holding--;
+	unlock(&mu);
+	write_stats();
+}
+
 struct call {
 	CK_FUNCTION_LIST_PTR real;
 	int fn;
@@ -831,9 +929,11 @@ static void side_effects(struct call *c)
  */
 static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 {
+	char hold[HOLD_PATH_MAX];
 	long long lat;
 	int i;
 
+	hold[0] = '\0';
 	memset(c, 0, sizeof(*c));
 	c->fn = fn;
 	c->h = h;
@@ -881,10 +981,22 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	}
 	if (c->inject)
 		st.injected[fn]++;
+	for (i = 0; i < st.cfg.nholds; i++) {
+		struct hold *hl = &st.cfg.holds[i];
+
+		if (hold_fires(hl, fn) && !hold[0]) {
+			hl->held++;
+			st.holding++;
+			st.held++;
+			memcpy(hold, hl->path, sizeof(hold));
+		}
+	}
 	unlock(&mu);
 
 	if (lat > 0)
 		sleep_us(lat);
+	if (hold[0])
+		wait_hold(hold);
 	if (c->inject && !c->after) {
 		side_effects(c);
 		*out = c->inject;
@@ -988,6 +1100,7 @@ static CK_RV fm_C_Initialize(CK_VOID_PTR pInitArgs)
 		memset(st.injected, 0, sizeof(st.injected));
 		st.loads = 0;
 		st.load_errors = 0;
+		st.held = 0;	/* holding counts calls still waiting: kept */
 	}
 	unlock(&mu);
 	if (begin(&c, FN_C_Initialize, 0, &rv))

@@ -216,11 +216,16 @@ func (p *Provider) Decrypt(ctx context.Context, dst io.Writer, src io.ReaderAt, 
 
 // unarmorToTemp decodes PEM into a temporary file (ciphertext only), so
 // that the message can be read at random offsets.
+//
+// The file is unlinked as soon as it is open, where the system allows it, so
+// that nothing is left behind even if the process is killed (SIGKILL
+// included); the caller's Remove then finds nothing to do.
 func unarmorToTemp(r io.Reader) (*os.File, int64, error) {
 	f, err := os.CreateTemp("", "hsmkeys-der-*")
 	if err != nil {
 		return nil, 0, err
 	}
+	_ = os.Remove(f.Name()) // fails where open files cannot be removed; the caller removes it then
 	n, err := io.Copy(f, cms.NewUnarmorReader(r))
 	if err != nil {
 		f.Close()

@@ -320,13 +320,9 @@ func (c *cli) openInputAt(ctx context.Context, path string) (io.ReaderAt, int64,
 		src, closeSrc = f, func() { f.Close() }
 	}
 	defer closeSrc()
-	spool, err := os.CreateTemp("", "hsmkeys-in-*")
+	spool, cleanup, err := openSpool()
 	if err != nil {
 		return nil, 0, nil, err
-	}
-	cleanup := func() {
-		spool.Close()
-		os.Remove(spool.Name())
 	}
 	n, err := io.Copy(spool, newCtxReader(ctx, src))
 	if err != nil {
@@ -334,6 +330,28 @@ func (c *cli) openInputAt(ctx context.Context, path string) (io.ReaderAt, int64,
 		return nil, 0, nil, fmt.Errorf("reading the input: %w", err)
 	}
 	return spool, n, cleanup, nil
+}
+
+// openSpool opens a scratch file in the temporary directory that has no
+// name, so that nothing is left behind even when the process is killed
+// (SIGKILL included) while the input is spooled or decrypted: an O_TMPFILE
+// file where the system has them, else a named file unlinked at once,
+// else (where an open file cannot be removed) one removed by cleanup.
+func openSpool() (f *os.File, cleanup func(), err error) {
+	if f, err := openScratch(os.TempDir()); err == nil {
+		return f, func() { f.Close() }, nil
+	}
+	f, err = os.CreateTemp("", "hsmkeys-in-*")
+	if err != nil {
+		return nil, nil, err
+	}
+	if os.Remove(f.Name()) == nil {
+		return f, func() { f.Close() }, nil
+	}
+	return f, func() {
+		f.Close()
+		os.Remove(f.Name())
+	}, nil
 }
 
 // countingWriter counts what the provider wrote.

@@ -20,6 +20,16 @@ func openUnnamed(dir string, mode fs.FileMode) (*os.File, error) {
 	return os.NewFile(uintptr(fd), dir+"/(unnamed)"), nil
 }
 
+// openScratch opens a file with no name in dir for reading and writing,
+// mode 0600 (O_TMPFILE), that is never meant to get one.
+func openScratch(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), dir+"/(unnamed)"), nil
+}
+
 // linkUnnamed links the unnamed file f into the file system as name, which
 // must not exist.
 func linkUnnamed(f *os.File, name string) error {

@@ -10,4 +10,6 @@ import (
 
 func openUnnamed(string, fs.FileMode) (*os.File, error) { return nil, errors.ErrUnsupported }
 
+func openScratch(string) (*os.File, error) { return nil, errors.ErrUnsupported }
+
 func linkUnnamed(*os.File, string) error { return errors.ErrUnsupported }

@@ -1,8 +1,14 @@
 // Package crash kills hsmkeys with SIGKILL in the middle of its work and
 // checks what is left: no session key or other new object on the token, no
 // partial output file, every input as it was (or, for an in-place rewrap,
-// completely rewrapped). It runs the real binary against a real SoftHSM
-// token made in a temporary directory.
+// completely rewrapped), no temporary file. It runs the real binary against
+// a real SoftHSM token made in a temporary directory.
+//
+// No test here depends on the machine's speed: the binary runs over the
+// fault module, which holds one chosen PKCS#11 call (a part of the
+// encryption, the unwrap of the n-th file, ...) until the test has seen it
+// waiting and killed the process. Where the kill lands is chosen by call
+// number, counted in a complete run of the same work first.
 package crash
 
 import (

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsmkeys/hsmkeys/internal/faultmod"
 	"github.com/hsmkeys/hsmkeys/provider"
@@ -233,4 +234,55 @@ func tokenCode(err error) (uint, bool) {
 		return te.Code, true
 	}
 	return 0, false
+}
+
+// safetyNet bounds the context of a test's operations. It catches a call
+// that never returns; it is no expectation of speed (a loaded machine may
+// be many times slower than an idle one), so it is minutes.
+const safetyNet = 2 * time.Minute
+
+// eventually waits until cond holds, checking every millisecond. It gives
+// up, failing the test, only when the test's own deadline (go test
+// -timeout) is near: waits are for events, not for durations.
+func eventually(t *testing.T, cond func() bool, format string, args ...any) {
+	t.Helper()
+	var expire <-chan time.Time
+	if d, ok := t.Deadline(); ok {
+		left := time.Until(d)
+		expire = time.After(left - min(left/10, 30*time.Second))
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-expire:
+			t.Fatalf("the test's deadline is near: "+format, args...)
+		}
+	}
+}
+
+// gate makes a file for a faultmod "hold" line; the calls it holds go on
+// when release removes it (also at the end of the test).
+func gate(t *testing.T) (path string, release func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "gate")
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	release = func() {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(release)
+	return path, release
+}
+
+// waitHolding waits until faultmod.so says that n calls wait on a hold
+// line (it writes the stats file when a hold begins).
+func waitHolding(t *testing.T, n uint64) {
+	t.Helper()
+	eventually(t, func() bool {
+		st, err := faultmod.ReadStats(env.stats)
+		return err == nil && st.Holding >= n
+	}, "%d calls never waited on the hold line", n)
 }

@@ -84,6 +84,7 @@ struct hold {
 	unsigned long limit;	/* 0: unlimited; else at most this many held calls */
 	unsigned long calls;	/* matching calls since this line was loaded */
 	unsigned long held;	/* calls this line held */
+	int after;		/* hold the answer: forward first, then wait */
 	char path[HOLD_PATH_MAX];
 };
 
@@ -146,7 +147,12 @@ static struct {
 	unsigned long reserved;	/* C_OpenSession calls in flight */
 	unsigned long holding;	/* calls waiting on a hold line now */
 	unsigned long held;	/* calls held since C_Initialize */
+	unsigned long inside;	/* calls forwarded to the real module and not yet answered */
+	int closing;		/* a close of every session waits for inside == 0, or runs */
 } st;
+
+/* Signalled when inside drops to 0 and when a close has run (mu). */
+static pthread_cond_t quiet = PTHREAD_COND_INITIALIZER;
 
 static void lock(pthread_mutex_t *m)
 {
@@ -313,7 +319,7 @@ static const char *parse_fail(struct config *c, char **w, int n)
 	return NULL;
 }
 
-/* parse_hold: hold FUNCTION|* PATH [every N] [from K] [count C] */
+/* parse_hold: hold FUNCTION|* PATH [every N] [from K] [count C] [after] */
 static const char *parse_hold(struct config *c, char **w, int n)
 {
 	struct hold *h;
@@ -321,7 +327,7 @@ static const char *parse_hold(struct config *c, char **w, int n)
 	int i, fn;
 
 	if (n < 3)
-		return "want: hold FUNCTION|* PATH [every N] [from K] [count C]";
+		return "want: hold FUNCTION|* PATH [every N] [from K] [count C] [after]";
 	fn = parse_fn(w[1]);
 	if (fn == -2)
 		return "unknown function";
@@ -336,6 +342,11 @@ static const char *parse_hold(struct config *c, char **w, int n)
 	h->fn = fn;
 	strcpy(h->path, w[2]);
 	for (i = 3; i < n; i += 2) {
+		if (strcmp(w[i], "after") == 0) {
+			h->after = 1;
+			i--;
+			continue;
+		}
 		if (i + 1 >= n)
 			return "option without value";
 		if (parse_ulong(w[i + 1], &v) != 0)
@@ -347,7 +358,7 @@ static const char *parse_hold(struct config *c, char **w, int n)
 		else if (strcmp(w[i], "count") == 0)
 			h->limit = v;
 		else
-			return "unknown option (every N>0, from K>0, count C)";
+			return "unknown option (every N>0, from K>0, count C, after)";
 	}
 	c->nholds++;
 	return NULL;
@@ -587,6 +598,7 @@ static void write_stats(void)
 	uint64_t gen;
 	size_t open;
 	unsigned long holding, held;
+	int closing;
 	char *path, *tmp;
 	FILE *f;
 	int fd, i;
@@ -605,6 +617,7 @@ static void write_stats(void)
 	open = st.nsessions;
 	holding = st.holding;
 	held = st.held;
+	closing = st.closing;
 	unlock(&mu);
 	if (!path)
 		return;
@@ -627,6 +640,7 @@ static void write_stats(void)
 	fprintf(f, "open_sessions %zu\n", open);
 	fprintf(f, "holding %lu\n", holding);
 	fprintf(f, "held %lu\n", held);
+	fprintf(f, "closing %d\n", closing);
 	for (i = 0; i < FN_COUNT; i++)
 		if (calls[i] || injected[i])
 			fprintf(f, "%s calls %lu injected %lu\n", fn_names[i], calls[i], injected[i]);
@@ -905,7 +919,63 @@ struct call {
 	int after;		/* inject after forwarding */
 	int from_rule;		/* inject came from a fail line */
 	CK_RV gone;		/* token_gone code in force for this call */
+	int inside;		/* counted in st.inside */
+	char hold_after[HOLD_PATH_MAX];	/* answer held while this file exists */
 };
+
+/*
+ * enter_real counts a call that is about to reach the real module, after
+ * any close of every session that is under way; leave_real uncounts it.
+ * A close (close_all_sessions, a token coming back) waits until no call is
+ * inside the real module and lets none in while it runs: SoftHSM frees the
+ * state of a session that C_CloseAllSessions closes, under a thread that may
+ * be using it (a use-after-free, seen as crashes in C_Encrypt).
+ */
+static void enter_real(struct call *c)
+{
+	if (c->fn == FN_C_WaitForSlotEvent)
+		return;	/* may block for ever, and touches no session */
+	lock(&mu);
+	while (st.closing)
+		pthread_cond_wait(&quiet, &mu);
+	st.inside++;
+	c->inside = 1;
+	unlock(&mu);
+}
+
+static void leave_real(struct call *c)
+{
+	if (!c->inside)
+		return;
+	lock(&mu);
+	c->inside = 0;
+	if (--st.inside == 0)
+		pthread_cond_broadcast(&quiet);
+	unlock(&mu);
+}
+
+/* close_all_quiet (mu held) runs close_all_real once no call is inside. */
+static void close_all_quiet(CK_FUNCTION_LIST_PTR r)
+{
+	int waited = 0;
+
+	st.closing = 1;
+	while (st.inside > 0) {
+		if (!waited) {
+			waited = 1;
+			unlock(&mu);
+			write_stats();	/* "closing 1": a test can see the close wait */
+			lock(&mu);
+			continue;
+		}
+		pthread_cond_wait(&quiet, &mu);
+	}
+	unlock(&mu);
+	close_all_real(r);
+	lock(&mu);
+	st.closing = 0;
+	pthread_cond_broadcast(&quiet);
+}
 
 static void side_effects(struct call *c)
 {
@@ -948,9 +1018,7 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	if (st.pending_close_all && st.initialized && fn != FN_C_Initialize && fn != FN_C_Finalize) {
 		/* First, so that this very call already sees the emptied token. */
 		st.pending_close_all = 0;
-		unlock(&mu);
-		close_all_real(c->real);
-		lock(&mu);
+		close_all_quiet(c->real);
 	}
 	st.calls[fn]++;
 	lat = st.cfg.fn_latency_us[fn] >= 0 ? st.cfg.fn_latency_us[fn] : st.cfg.latency_us;
@@ -984,8 +1052,12 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	for (i = 0; i < st.cfg.nholds; i++) {
 		struct hold *hl = &st.cfg.holds[i];
 
-		if (hold_fires(hl, fn) && !hold[0]) {
+		if (hold_fires(hl, fn) && !hold[0] && !c->hold_after[0]) {
 			hl->held++;
+			if (hl->after) {	/* counted when the wait begins, in finish */
+				memcpy(c->hold_after, hl->path, sizeof(c->hold_after));
+				continue;
+			}
 			st.holding++;
 			st.held++;
 			memcpy(hold, hl->path, sizeof(hold));
@@ -998,19 +1070,32 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	if (hold[0])
 		wait_hold(hold);
 	if (c->inject && !c->after) {
+		c->hold_after[0] = '\0';	/* not forwarded: no answer to hold */
+		enter_real(c);	/* side effects call the real module */
 		side_effects(c);
+		leave_real(c);
 		*out = c->inject;
 		return 1;
 	}
+	enter_real(c);
 	return 0;
 }
 
 static CK_RV finish(struct call *c, CK_RV rv)
 {
+	if (c->hold_after[0]) {
+		/* The answer waits; the call still counts as inside the module. */
+		lock(&mu);
+		st.holding++;
+		st.held++;
+		unlock(&mu);
+		wait_hold(c->hold_after);
+	}
 	if (c->inject && c->after) {
 		side_effects(c);
-		return c->inject;
+		rv = c->inject;
 	}
+	leave_real(c);
 	return rv;
 }
 

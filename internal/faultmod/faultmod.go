@@ -34,10 +34,11 @@
 //	max_sessions N               C_OpenSession answers CKR_SESSION_COUNT while N
 //	                             sessions opened through the module are open (0: no cap)
 //	close_all_sessions           one-shot: the next call first closes every session
-//	                             in the real module (C_CloseAllSessions on every slot)
+//	                             in the real module (C_CloseAllSessions on every slot),
+//	                             once no call is inside it (see below)
 //	token_gone [0|1|CODE]        1 (or no argument): the token is out of its slot
 //	stats                        one-shot: write the stats file now
-//	hold FUNCTION|* PATH [every N] [from K] [count C]
+//	hold FUNCTION|* PATH [every N] [from K] [count C] [after]
 //	                             matching calls wait while the file PATH exists
 //	generation N                 written by Control; one-shots fire once per generation
 //
@@ -83,6 +84,15 @@
 // says how many calls wait now: a test that waits for holding > 0 knows the
 // process is in the middle of the held call, on any machine. At most 8 hold
 // lines; the first that applies holds the call, every matching one counts it.
+// With "after" the call is forwarded first and its answer waits, as from a
+// token that is slow to answer: the call counts as inside the real module.
+//
+// Closing every session (close_all_sessions, or the token coming back) waits
+// until no call is inside the real module, and lets no call in until it is
+// done; the stats file, written when it starts to wait, then says
+// "closing 1". SoftHSM frees the state of a session that C_CloseAllSessions
+// closes even while another thread is using it, so a close that met a call
+// in flight crashed now and then; tests need no timing to avoid that.
 //
 // While token_gone is set every call answers CODE (default
 // CKR_TOKEN_NOT_PRESENT), except C_Initialize, C_Finalize, C_GetInfo,
@@ -367,6 +377,7 @@ type Stats struct {
 	OpenSessions int               // sessions opened through the module and still open
 	Holding      uint64            // calls waiting on a hold line now
 	Held         uint64            // calls held since C_Initialize
+	Closing      bool              // a close of every session waits for calls inside the module
 	Calls        map[string]uint64 // calls per function, including injected ones
 	Injected     map[string]uint64 // injected faults per function
 }
@@ -408,6 +419,8 @@ func ReadStats(path string) (*Stats, error) {
 				s.Holding = v
 			case "held":
 				s.Held = v
+			case "closing":
+				s.Closing = v != 0
 			}
 		case len(w) == 5 && w[1] == "calls" && w[3] == "injected":
 			calls, err1 := strconv.ParseUint(w[2], 10, 64)
@@ -572,7 +585,7 @@ func checkLine(line string) (isFail bool, err error) {
 
 func checkHold(w []string) error {
 	if len(w) < 3 {
-		return errors.New(`want "hold FUNCTION|* PATH [every N] [from K] [count C]"`)
+		return errors.New(`want "hold FUNCTION|* PATH [every N] [from K] [count C] [after]"`)
 	}
 	if err := parseFunction(w[1]); err != nil {
 		return err
@@ -585,6 +598,10 @@ func checkHold(w []string) error {
 	}
 	for i := 3; i < len(w); i += 2 {
 		k := w[i]
+		if k == "after" {
+			i--
+			continue
+		}
 		if i+1 >= len(w) {
 			return fmt.Errorf("%s without value", k)
 		}

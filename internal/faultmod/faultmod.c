@@ -17,7 +17,8 @@
  * The control-file grammar is documented in faultmod.go (package doc).
  * Locking: mu guards configuration, counters and session tracking and is
  * never held while sleeping or calling the real module; reload_mu
- * serialises control-file reloads; load_mu guards dlopen of the target.
+ * serialises control-file reloads; load_mu guards dlopen of the target;
+ * stats_mu serialises writes of the stats file.
  */
 
 #define _GNU_SOURCE
@@ -592,7 +593,24 @@ static void maybe_reload(void)
 
 /* ---------- stats ---------- */
 
+/*
+ * stats_mu serialises write_stats from taking the counters to the rename,
+ * so that of two racing writers the later one, with the later counters,
+ * wins: a test waiting for "holding 2" must not be left with the file of
+ * the first hold. Taken before mu, never while mu is held.
+ */
+static pthread_mutex_t stats_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_stats_locked(void);
+
 static void write_stats(void)
+{
+	lock(&stats_mu);
+	write_stats_locked();
+	unlock(&stats_mu);
+}
+
+static void write_stats_locked(void)
 {
 	unsigned long calls[FN_COUNT], injected[FN_COUNT], loads, errs;
 	uint64_t gen;

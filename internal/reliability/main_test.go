@@ -155,11 +155,10 @@ func setFaults(t *testing.T, lines ...string) {
 
 // fire replaces the fault configuration and makes one call through the
 // anchor, so that one-shot lines (close_all_sessions, a token coming back)
-// take effect now, in this goroutine, while no call of the test is inside
-// SoftHSM. Left to faultmod, they run in whichever thread calls next, and
-// SoftHSM's C_CloseAllSessions frees the state of a session that another
-// thread is using: a use-after-free that crashes C_Encrypt and
-// C_GenerateKey now and then.
+// have taken effect when it returns. SoftHSM's C_CloseAllSessions frees the
+// state of a session that another thread is using (a use-after-free that
+// crashed C_Encrypt and C_GenerateKey now and then), so faultmod runs a
+// close only once no call is inside SoftHSM, and lets none in meanwhile.
 func fire(t *testing.T, lines ...string) {
 	t.Helper()
 	setFaults(t, lines...)

@@ -156,6 +156,11 @@ func TestDeviceErrors(t *testing.T) {
 // trips with it, within a deadline, and requires every call to succeed.
 func burst(t *testing.T, p *provider.Provider, callers, rounds int) {
 	t.Helper()
+	require.NoError(t, burstErr(p, callers, rounds), "burst of %d callers", callers)
+}
+
+// burstErr is burst for any goroutine: it returns what went wrong.
+func burstErr(p *provider.Provider, callers, rounds int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()
 	errs := make(chan error, callers)
@@ -186,5 +191,5 @@ func burst(t *testing.T, p *provider.Provider, callers, rounds int) {
 	for err := range errs {
 		all = append(all, err)
 	}
-	require.NoError(t, errors.Join(all...), "burst of %d callers", callers)
+	return errors.Join(all...)
 }

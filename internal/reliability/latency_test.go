@@ -58,14 +58,14 @@ func TestLatency(t *testing.T) {
 	// Every worker is inside a token call at the same time.
 	g, release := gate(t)
 	setFaults(t, "latency_us 1000", "hold C_Encrypt "+g)
-	done := make(chan error, workers)
 	for w := range workers {
-		go func() { done <- roundTrip(ctx, keys[w], fmt.Sprint("held ", w)) }()
+		wg.Go(func() { errs[w] = roundTrip(ctx, keys[w], fmt.Sprint("held ", w)) })
 	}
 	waitHolding(t, workers) // only if nothing serialises the 8 calls
 	release()
-	for w := range workers {
-		require.NoError(t, <-done, "worker %d", w)
+	wg.Wait()
+	for w, err := range errs {
+		require.NoError(t, err, "worker %d", w)
 	}
 	assert.LessOrEqual(t, p.Sessions(), workers)
 }

@@ -26,7 +26,20 @@ func TestSessionLimit(t *testing.T) {
 	t.Run("all work completes", func(t *testing.T) {
 		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
-		burst(t, p, 16, 20)
+		// The first two callers' C_GenerateKey is held until another
+		// caller has been refused a session of its own: the cap is
+		// reached however fast or slow the machine.
+		g, release := gate(t)
+		held := []string{"max_sessions 2", "hold C_GenerateKey " + g}
+		refused := snapshot(t, held...).Injected["C_OpenSession"]
+		done := make(chan error, 1)
+		go func() { done <- burstErr(p, 16, 20) }()
+		waitHolding(t, 2)
+		eventually(t, func() bool { return snapshot(t, held...).Injected["C_OpenSession"] > refused },
+			"no caller was refused a session while two held the token's two")
+		release()
+		require.NoError(t, <-done)
+		setFaults(t, "max_sessions 2")
 		assert.LessOrEqual(t, p.Sessions(), tokenMax)
 		assert.Positive(t, p.Sessions())
 		st := snapshot(t, "max_sessions 2")
@@ -58,18 +71,16 @@ func TestSessionLimit(t *testing.T) {
 		// faultmod holds until the others are done: those 14, allowing 30
 		// ms each, cannot get a session however fast or slow the machine,
 		// and must give up with context.DeadlineExceeded and nothing else.
-		g, release := gate(t)
 		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
 		k, err := p.Generate(context.Background(), provider.AES256)
 		require.NoError(t, err)
+		g, release := gate(t) // after open: released before p is closed
 		setFaults(t, "max_sessions 2", "hold C_Encrypt "+g)
-		holders := make(chan error, 2)
-		for range 2 {
-			go func() {
-				_, err := k.Seal(context.Background(), []byte("held"), nil)
-				holders <- err
-			}()
+		var holders sync.WaitGroup
+		held := make([]error, 2)
+		for i := range held {
+			holders.Go(func() { _, held[i] = k.Seal(context.Background(), []byte("held"), nil) })
 		}
 		waitHolding(t, 2)
 		var wg sync.WaitGroup
@@ -86,8 +97,9 @@ func TestSessionLimit(t *testing.T) {
 			assert.ErrorIs(t, err, context.DeadlineExceeded, "waiter %d", i)
 		}
 		release()
-		for range 2 {
-			require.NoError(t, <-holders, "callers that got a session finish their call")
+		holders.Wait()
+		for _, err := range held {
+			require.NoError(t, err, "callers that got a session finish their call")
 		}
 		// Nothing is left holding a session: the key works for everyone.
 		setFaults(t, "max_sessions 2")
@@ -103,10 +115,10 @@ func TestSessionLimit(t *testing.T) {
 		// calls go on: the holders then fail with ErrTokenUnavailable, and
 		// a waiter must not go on waiting for a session that will never be
 		// returned. Every caller ends while the token is still gone.
-		g, release := gate(t)
-		held := []string{"max_sessions 2", "hold C_GenerateKey " + g}
 		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
+		g, release := gate(t) // after open: released before p is closed
+		held := []string{"max_sessions 2", "hold C_GenerateKey " + g}
 		refused := snapshot(t, held...).Injected["C_OpenSession"]
 		const callers = 12
 		var wg sync.WaitGroup

@@ -262,7 +262,8 @@ func eventually(t *testing.T, cond func() bool, format string, args ...any) {
 }
 
 // gate makes a file for a faultmod "hold" line; the calls it holds go on
-// when release removes it (also at the end of the test).
+// when release removes it (also at the end of the test). Make it after the
+// provider (open): cleanups run last-first, and Close waits for the calls.
 func gate(t *testing.T) (path string, release func()) {
 	t.Helper()
 	path = filepath.Join(t.TempDir(), "gate")

@@ -206,6 +206,28 @@ func snapshot(t *testing.T, lines ...string) *faultmod.Stats {
 	return s
 }
 
+// refused polls, while calls are in flight, how many C_OpenSession calls
+// faultmod.so has refused, keeping the faults in lines. A call of another
+// goroutine may load the control file before the anchor does and write the
+// stats itself, a moment later than the anchor returns: a missing file then
+// reads as "not yet", not as a failure.
+func refused(lines ...string) (uint64, bool) {
+	if err := os.Remove(env.stats); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, false
+	}
+	if err := env.ctl.Set(append(lines, "stats")...); err != nil {
+		return 0, false
+	}
+	if _, err := env.anchor.GetInfo(); err != nil {
+		return 0, false
+	}
+	st, err := faultmod.ReadStats(env.stats)
+	if err != nil {
+		return 0, false
+	}
+	return st.Injected["C_OpenSession"], true
+}
+
 // roundTrip seals a fresh random message with k and opens it again.
 func roundTrip(ctx context.Context, k *provider.Key, aad string) error {
 	msg := make([]byte, 64)

@@ -466,13 +466,14 @@ func TestPoolWaitHonoursContext(t *testing.T) {
 	p := openProvider(t, func(c *Config) { c.MaxSessions = 1 })
 	k, err := p.Generate(bg, AES256)
 	require.NoError(t, err)
-	// Hold the only session with a long operation.
-	started := make(chan struct{})
+	// Hold the only session until the callers below have given up: they
+	// cannot get it, however slow the machine.
+	started, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
 		err := p.do(bg, func(s *p11.Session) error {
 			close(started)
-			time.Sleep(300 * time.Millisecond)
+			<-release
 			return nil
 		})
 		done <- err
@@ -484,6 +485,7 @@ func TestPoolWaitHonoursContext(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	_, err = k.Seal(ctx, []byte("x"), nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
+	close(release)
 	require.NoError(t, <-done)
 	// Once the session is back, work goes on.
 	_, err = k.Seal(bg, []byte("x"), nil)
@@ -497,17 +499,24 @@ func TestCloseWaitsForWorkInFlight(t *testing.T) {
 	require.NoError(t, err)
 	k, err := p.Generate(bg, AES256)
 	require.NoError(t, err)
-	release := make(chan struct{})
+	began, release := make(chan error, 1), make(chan struct{})
 	var finished atomic.Bool
 	go func() {
-		_ = p.begin()
+		err := p.begin()
+		began <- err
+		if err != nil {
+			return
+		}
 		defer p.end()
 		<-release
 		finished.Store(true)
 	}()
-	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, <-began, "the operation is in flight before Close")
 	closed := make(chan struct{})
 	go func() { _ = p.Close(); close(closed) }()
+	// Close must not return before release: a wrong Close is caught here
+	// (at the latest) after 100 ms, a right one passes however slow the
+	// machine.
 	select {
 	case <-closed:
 		t.Fatal("Close returned while an operation was in flight")

@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -43,10 +46,36 @@ func ptyPair(t *testing.T) (master, tty *os.File) {
 	return ptmx, pts
 }
 
-// screen collects what the program writes to its terminal.
+// screen collects what the program writes to its terminal, until the
+// terminal closes: once the program (and anything it started) has exited,
+// reading the master gives what is left, then EIO.
 type screen struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // a token after each read
+	closed  chan struct{} // closed when the terminal is
+}
+
+func newScreen(master *os.File) *screen {
+	s := &screen{changed: make(chan struct{}, 1), closed: make(chan struct{})}
+	go func() {
+		defer close(s.closed)
+		b := make([]byte, 4096)
+		for {
+			n, err := master.Read(b)
+			s.mu.Lock()
+			s.buf.Write(b[:n])
+			s.mu.Unlock()
+			select {
+			case s.changed <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return s
 }
 
 func (s *screen) String() string {
@@ -55,15 +84,57 @@ func (s *screen) String() string {
 	return s.buf.String()
 }
 
+// nearDeadline fires shortly before the test's own deadline (go test
+// -timeout), so that a wait that never ends fails with what the terminal
+// shows instead of a panic. Without a deadline it never fires. No wait here
+// has a shorter limit: a busy machine is slow, not wrong.
+func nearDeadline(t *testing.T) <-chan time.Time {
+	d, ok := t.Deadline()
+	if !ok {
+		return nil
+	}
+	left := time.Until(d)
+	return time.After(left - min(left/10, 30*time.Second))
+}
+
+// waitFor waits until the terminal shows text. It fails if the terminal
+// closes (the program exited) without showing it.
 func (s *screen) waitFor(t *testing.T, text string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	expire := nearDeadline(t)
 	for !strings.Contains(s.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited for %q; the terminal shows %q", text, s.String())
+		select {
+		case <-s.changed:
+		case <-s.closed:
+			if !strings.Contains(s.String(), text) {
+				t.Fatalf("the program closed the terminal without showing %q; it shows %q", text, s.String())
+			}
+		case <-expire:
+			t.Fatalf("the test's deadline is near; waited for %q, the terminal shows %q", text, s.String())
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// finish waits for the program to exit and for everything it wrote to be
+// read, and returns what Wait returned.
+func (s *screen) finish(t *testing.T, cmd *exec.Cmd) error {
+	t.Helper()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	expire := nearDeadline(t)
+	var err error
+	select {
+	case err = <-exited:
+	case <-expire:
+		_ = cmd.Process.Kill()
+		t.Fatalf("the test's deadline is near and %v still runs; the terminal shows %q", cmd.Args, s.String())
+	}
+	select {
+	case <-s.closed:
+	case <-expire:
+		t.Fatalf("the test's deadline is near and the terminal is still open; it shows %q", s.String())
+	}
+	return err
 }
 
 type promptEnv struct {
@@ -116,30 +187,65 @@ func startOnTerminal(t *testing.T, pe promptEnv, env []string, args ...string) (
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	require.NoError(t, cmd.Start())
-	scr := &screen{}
-	go func() {
-		b := make([]byte, 4096)
-		for {
-			n, err := master.Read(b)
-			scr.mu.Lock()
-			scr.buf.Write(b[:n])
-			scr.mu.Unlock()
-			if err != nil {
-				return
-			}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // if the test fails before the end
+	// Only the program holds the terminal now: when it exits, the
+	// terminal closes and the screen has all it wrote.
+	require.NoError(t, tty.Close())
+	return cmd, master, newScreen(master)
+}
+
+// echoing says whether the terminal of master echoes what is typed (TCGETS
+// on the master reads the terminal's settings).
+func echoing(t *testing.T, master *os.File) bool {
+	t.Helper()
+	rc, err := master.SyscallConn()
+	require.NoError(t, err)
+	var tio *unix.Termios
+	var ierr error
+	require.NoError(t, rc.Control(func(fd uintptr) { tio, ierr = unix.IoctlGetTermios(int(fd), unix.TCGETS) }))
+	require.NoError(t, ierr)
+	return tio.Lflag&unix.ECHO != 0
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// The prompt is written only once echo is off, so a PIN typed as soon as
+// the prompt shows is never echoed; afterwards the terminal echoes again.
+// The prompt writer itself types the PIN: deterministic, on any machine.
+func TestReadSecretEchoOffBeforePrompt(t *testing.T) {
+	master, tty := ptyPair(t)
+	require.True(t, echoing(t, master), "a new terminal echoes")
+	var atPrompt []bool
+	prompt := writerFunc(func(b []byte) (int, error) {
+		if strings.Contains(string(b), "PIN: ") {
+			atPrompt = append(atPrompt, echoing(t, master))
+			_, err := master.Write([]byte("typed-4711\r"))
+			require.NoError(t, err)
 		}
-	}()
-	return cmd, master, scr
+		return len(b), nil
+	})
+	pin, err := readSecret(context.Background(), tty, prompt, "PIN: ")
+	require.NoError(t, err)
+	assert.Equal(t, "typed-4711", string(pin))
+	assert.Equal(t, []bool{false}, atPrompt, "echo is off when the prompt is written")
+	assert.True(t, echoing(t, master), "echo is back afterwards")
+	require.NoError(t, tty.Close())
+	scr := newScreen(master)
+	<-scr.closed
+	assert.NotContains(t, scr.String(), "typed-4711")
 }
 
 func TestPINPromptOnTerminal(t *testing.T) {
 	pe := setupPromptToken(t)
 	cmd, master, scr := startOnTerminal(t, pe, pe.env, "selftest")
 	scr.waitFor(t, "PIN for token \"prompt\": ")
+	// What the user types once the prompt shows is never echoed.
+	require.False(t, echoing(t, master), "echo is off when the prompt appears")
 	_, err := master.Write([]byte(pe.userPIN + "\r"))
 	require.NoError(t, err)
-	require.NoError(t, cmd.Wait(), "%s", scr.String())
-	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, scr.finish(t, cmd), "%s", scr.String())
 	assert.Contains(t, scr.String(), "selftest passed")
 	assert.NotContains(t, scr.String(), pe.userPIN, "the PIN is not echoed")
 
@@ -148,11 +254,11 @@ func TestPINPromptOnTerminal(t *testing.T) {
 	scr.waitFor(t, "PIN for token \"prompt\": ")
 	_, err = master.Write([]byte("not-the-pin\r"))
 	require.NoError(t, err)
-	err = cmd.Wait()
+	err = scr.finish(t, cmd)
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	assert.Equal(t, 1, ee.ExitCode())
-	scr.waitFor(t, "hsmkeys: hint:")
+	assert.Contains(t, scr.String(), "hsmkeys: hint:")
 	assert.Contains(t, scr.String(), "pin rejected")
 	assert.NotContains(t, scr.String(), "not-the-pin")
 }
@@ -177,7 +283,7 @@ func TestDestroyAsksOnTerminal(t *testing.T) {
 	scr.waitFor(t, "[y/N] ")
 	_, err = master.Write([]byte("n\r"))
 	require.NoError(t, err)
-	require.Error(t, cmd.Wait(), "declining is not success")
+	require.Error(t, scr.finish(t, cmd), "declining is not success")
 	assert.Contains(t, list(), "doomed")
 
 	// "y" destroys it.
@@ -185,6 +291,6 @@ func TestDestroyAsksOnTerminal(t *testing.T) {
 	scr.waitFor(t, "[y/N] ")
 	_, err = master.Write([]byte("y\r"))
 	require.NoError(t, err)
-	require.NoError(t, cmd.Wait(), "%s", scr.String())
+	require.NoError(t, scr.finish(t, cmd), "%s", scr.String())
 	assert.NotContains(t, list(), "doomed")
 }

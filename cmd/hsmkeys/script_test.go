@@ -86,6 +86,7 @@ func TestScripts(t *testing.T) {
 			"bigfile":     cmdBigFile,
 			"changeunder": cmdChangeUnder,
 			"pinfifo":     cmdPINFIFO,
+			"readat":      cmdReadAt,
 		},
 	})
 }
@@ -354,6 +355,42 @@ func cmdPINFIFO(ts *testscript.TestScript, neg bool, args []string) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
 		ts.Fatalf("hsmkeys after an interrupt while reading the pin: %v, want exit status 1 and \"interrupted\"", err)
+	}
+}
+
+// cmdReadAt waits until the background command started last has read at
+// least BYTES bytes (rchar in /proc/PID/io), so that a signal lands in the
+// middle of its work on a fast machine and a loaded one alike. It fails if
+// the command ends first; there is no time limit but the test's own.
+// Usage: readat BYTES.
+func cmdReadAt(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: readat BYTES")
+	}
+	want, err := strconv.ParseInt(args[0], 10, 64)
+	ts.Check(err)
+	cmds := ts.BackgroundCmds()
+	if len(cmds) == 0 {
+		ts.Fatalf("readat: no background command")
+	}
+	pid := cmds[len(cmds)-1].Process.Pid
+	for {
+		// A process that has exited is a zombie until it is waited for.
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		ts.Check(err)
+		if _, after, ok := bytes.Cut(stat, []byte(") ")); !ok || len(after) == 0 || after[0] == 'Z' {
+			ts.Fatalf("readat: the command ended before it read %d bytes", want)
+		}
+		acct, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+		ts.Check(err)
+		for line := range strings.SplitSeq(string(acct), "\n") {
+			if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= want {
+					return
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -32,30 +32,43 @@ func promptPIN(what string) provider.PINPrompt {
 			return nil, fmt.Errorf("cannot open the terminal to ask for the %s: %w", what, err)
 		}
 		defer tty.Close()
-		fd := int(tty.Fd()) // Fd puts the descriptor in blocking mode, as ReadPassword needs
-		state, err := term.GetState(fd)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(tty, "hsmkeys: %s for token %q: ", what, t.Label)
-		type result struct {
-			pin []byte
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			pin, err := term.ReadPassword(fd)
-			done <- result{pin, err}
-		}()
-		select {
-		case r := <-done:
-			fmt.Fprintln(tty)
-			return r.pin, r.err
-		case <-ctx.Done():
-			_ = term.Restore(fd, state)
-			fmt.Fprintln(tty)
-			return nil, ctx.Err()
-		}
+		return readSecret(ctx, tty, tty, fmt.Sprintf("hsmkeys: %s for token %q: ", what, t.Label))
+	}
+}
+
+// readSecret writes prompt to w and reads a line from the terminal tty
+// without echo, then restores the terminal as it was. Echo goes off before
+// the prompt is written: what the user types once the prompt shows must
+// not appear, and term.ReadPassword alone turns echo off only after a
+// prompt written before it is already on the screen.
+func readSecret(ctx context.Context, tty *os.File, w io.Writer, prompt string) ([]byte, error) {
+	fd := int(tty.Fd()) // Fd puts the descriptor in blocking mode, as ReadPassword needs
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, err
+	}
+	if err := echoOff(fd); err != nil {
+		return nil, err
+	}
+	fmt.Fprint(w, prompt)
+	type result struct {
+		pin []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		pin, err := term.ReadPassword(fd)
+		done <- result{pin, err}
+	}()
+	select {
+	case r := <-done:
+		_ = term.Restore(fd, state)
+		fmt.Fprintln(w)
+		return r.pin, r.err
+	case <-ctx.Done():
+		_ = term.Restore(fd, state)
+		fmt.Fprintln(w)
+		return nil, ctx.Err()
 	}
 }
 

@@ -17,7 +17,8 @@
  * The control-file grammar is documented in faultmod.go (package doc).
  * Locking: mu guards configuration, counters and session tracking and is
  * never held while sleeping or calling the real module; reload_mu
- * serialises control-file reloads; load_mu guards dlopen of the target.
+ * serialises control-file reloads; load_mu guards dlopen of the target;
+ * stats_mu serialises writes of the stats file.
  */
 
 #define _GNU_SOURCE
@@ -58,6 +59,8 @@ static const char *const fn_names[FN_COUNT] = {
 };
 
 #define MAX_RULES 64
+#define MAX_HOLDS 8
+#define HOLD_PATH_MAX 1024
 #define MAX_CONTROL_BYTES (1 << 20)
 #define ALL_FUNCTIONS (-1)
 
@@ -74,6 +77,18 @@ struct rule {
 	unsigned long injected;	/* faults this rule injected */
 };
 
+/* A hold line: matching calls wait, before they are forwarded, while path exists. */
+struct hold {
+	int fn;			/* FN_* or ALL_FUNCTIONS ("*") */
+	unsigned long every;	/* as in struct rule */
+	unsigned long from;
+	unsigned long limit;	/* 0: unlimited; else at most this many held calls */
+	unsigned long calls;	/* matching calls since this line was loaded */
+	unsigned long held;	/* calls this line held */
+	int after;		/* hold the answer: forward first, then wait */
+	char path[HOLD_PATH_MAX];
+};
+
 struct config {
 	uint64_t generation;
 	int has_generation;
@@ -86,6 +101,8 @@ struct config {
 	int stats;
 	CK_RV gone;		/* 0: token present */
 	int errors;
+	struct hold holds[MAX_HOLDS];
+	int nholds;
 };
 
 struct filekey {
@@ -129,7 +146,14 @@ static struct {
 	struct session *sessions;
 	size_t nsessions, capsessions;
 	unsigned long reserved;	/* C_OpenSession calls in flight */
+	unsigned long holding;	/* calls waiting on a hold line now */
+	unsigned long held;	/* calls held since C_Initialize */
+	unsigned long inside;	/* calls forwarded to the real module and not yet answered */
+	int closing;		/* a close of every session waits for inside == 0, or runs */
 } st;
+
+/* Signalled when inside drops to 0 and when a close has run (mu). */
+static pthread_cond_t quiet = PTHREAD_COND_INITIALIZER;
 
 static void lock(pthread_mutex_t *m)
 {
@@ -296,6 +320,51 @@ static const char *parse_fail(struct config *c, char **w, int n)
 	return NULL;
 }
 
+/* parse_hold: hold FUNCTION|* PATH [every N] [from K] [count C] [after] */
+static const char *parse_hold(struct config *c, char **w, int n)
+{
+	struct hold *h;
+	unsigned long long v;
+	int i, fn;
+
+	if (n < 3)
+		return "want: hold FUNCTION|* PATH [every N] [from K] [count C] [after]";
+	fn = parse_fn(w[1]);
+	if (fn == -2)
+		return "unknown function";
+	if (fn == FN_C_GetFunctionList)
+		return "C_GetFunctionList cannot be held";
+	if (w[2][0] != '/' || strlen(w[2]) >= HOLD_PATH_MAX)
+		return "hold wants an absolute path shorter than 1024 bytes";
+	if (c->nholds >= MAX_HOLDS)
+		return "too many hold lines";
+	h = &c->holds[c->nholds];
+	memset(h, 0, sizeof(*h));
+	h->fn = fn;
+	strcpy(h->path, w[2]);
+	for (i = 3; i < n; i += 2) {
+		if (strcmp(w[i], "after") == 0) {
+			h->after = 1;
+			i--;
+			continue;
+		}
+		if (i + 1 >= n)
+			return "option without value";
+		if (parse_ulong(w[i + 1], &v) != 0)
+			return "option wants a decimal or 0x number";
+		if (strcmp(w[i], "every") == 0 && v > 0)
+			h->every = v;
+		else if (strcmp(w[i], "from") == 0 && v > 0)
+			h->from = v;
+		else if (strcmp(w[i], "count") == 0)
+			h->limit = v;
+		else
+			return "unknown option (every N>0, from K>0, count C, after)";
+	}
+	c->nholds++;
+	return NULL;
+}
+
 static const char *parse_line(struct config *c, char *line)
 {
 	char *w[MAX_WORDS], *save = NULL, *tok, *hash;
@@ -341,6 +410,8 @@ static const char *parse_line(struct config *c, char *line)
 	}
 	if (strcmp(w[0], "fail") == 0)
 		return parse_fail(c, w, n);
+	if (strcmp(w[0], "hold") == 0)
+		return parse_hold(c, w, n);
 	if (strcmp(w[0], "max_sessions") == 0) {
 		if (n != 2 || parse_ulong(w[1], &v) != 0)
 			return "want: max_sessions N";
@@ -522,11 +593,30 @@ static void maybe_reload(void)
 
 /* ---------- stats ---------- */
 
+/*
+ * stats_mu serialises write_stats from taking the counters to the rename,
+ * so that of two racing writers the later one, with the later counters,
+ * wins: a test waiting for "holding 2" must not be left with the file of
+ * the first hold. Taken before mu, never while mu is held.
+ */
+static pthread_mutex_t stats_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_stats_locked(void);
+
 static void write_stats(void)
+{
+	lock(&stats_mu);
+	write_stats_locked();
+	unlock(&stats_mu);
+}
+
+static void write_stats_locked(void)
 {
 	unsigned long calls[FN_COUNT], injected[FN_COUNT], loads, errs;
 	uint64_t gen;
 	size_t open;
+	unsigned long holding, held;
+	int closing;
 	char *path, *tmp;
 	FILE *f;
 	int fd, i;
@@ -543,6 +633,9 @@ static void write_stats(void)
 	errs = st.load_errors;
 	gen = st.cfg.generation;
 	open = st.nsessions;
+	holding = st.holding;
+	held = st.held;
+	closing = st.closing;
 	unlock(&mu);
 	if (!path)
 		return;
@@ -563,6 +656,9 @@ static void write_stats(void)
 	fprintf(f, "loads %lu\n", loads);
 	fprintf(f, "load_errors %lu\n", errs);
 	fprintf(f, "open_sessions %zu\n", open);
+	fprintf(f, "holding %lu\n", holding);
+	fprintf(f, "held %lu\n", held);
+	fprintf(f, "closing %d\n", closing);
 	for (i = 0; i < FN_COUNT; i++)
 		if (calls[i] || injected[i])
 			fprintf(f, "%s calls %lu injected %lu\n", fn_names[i], calls[i], injected[i]);
@@ -653,6 +749,24 @@ static int rule_fires(struct rule *r)
 	if (r->limit && r->injected >= r->limit)
 		fire = 0;
 	return fire;
+}
+
+/* hold_fires counts the call and says whether the hold line applies to it. */
+static int hold_fires(struct hold *h, int fn)
+{
+	unsigned long n;
+
+	if (!(h->fn == fn || (h->fn == ALL_FUNCTIONS && fn != FN_C_GetFunctionList &&
+	    fn != FN_C_Initialize && fn != FN_C_Finalize)))
+		return 0;
+	n = ++h->calls;
+	if (h->every && n % h->every != 0)
+		return 0;
+	if (h->from && n < h->from)
+		return 0;
+	if (h->limit && h->held >= h->limit)
+		return 0;
+	return 1;
 }
 
 /* gone_applies: what still answers while the token is out of its slot. */
@@ -799,6 +913,22 @@ static void sleep_us(long long us)
 		;
 }
 
+/*
+ * wait_hold keeps a call waiting while path exists. The stats file is
+ * written when the wait starts and when it ends, so a test sees the event
+ * ("holding 1") instead of guessing how long the call takes.
+ */
+static void wait_hold(const char *path)
+{
+	write_stats();
+	while (access(path, F_OK) == 0)
+		sleep_us(1000);
+	lock(&mu);
+	st.holding--;
+	unlock(&mu);
+	write_stats();
+}
+
 struct call {
 	CK_FUNCTION_LIST_PTR real;
 	int fn;
@@ -807,7 +937,63 @@ struct call {
 	int after;		/* inject after forwarding */
 	int from_rule;		/* inject came from a fail line */
 	CK_RV gone;		/* token_gone code in force for this call */
+	int inside;		/* counted in st.inside */
+	char hold_after[HOLD_PATH_MAX];	/* answer held while this file exists */
 };
+
+/*
+ * enter_real counts a call that is about to reach the real module, after
+ * any close of every session that is under way; leave_real uncounts it.
+ * A close (close_all_sessions, a token coming back) waits until no call is
+ * inside the real module and lets none in while it runs: SoftHSM frees the
+ * state of a session that C_CloseAllSessions closes, under a thread that may
+ * be using it (a use-after-free, seen as crashes in C_Encrypt).
+ */
+static void enter_real(struct call *c)
+{
+	if (c->fn == FN_C_WaitForSlotEvent)
+		return;	/* may block for ever, and touches no session */
+	lock(&mu);
+	while (st.closing)
+		pthread_cond_wait(&quiet, &mu);
+	st.inside++;
+	c->inside = 1;
+	unlock(&mu);
+}
+
+static void leave_real(struct call *c)
+{
+	if (!c->inside)
+		return;
+	lock(&mu);
+	c->inside = 0;
+	if (--st.inside == 0)
+		pthread_cond_broadcast(&quiet);
+	unlock(&mu);
+}
+
+/* close_all_quiet (mu held) runs close_all_real once no call is inside. */
+static void close_all_quiet(CK_FUNCTION_LIST_PTR r)
+{
+	int waited = 0;
+
+	st.closing = 1;
+	while (st.inside > 0) {
+		if (!waited) {
+			waited = 1;
+			unlock(&mu);
+			write_stats();	/* "closing 1": a test can see the close wait */
+			lock(&mu);
+			continue;
+		}
+		pthread_cond_wait(&quiet, &mu);
+	}
+	unlock(&mu);
+	close_all_real(r);
+	lock(&mu);
+	st.closing = 0;
+	pthread_cond_broadcast(&quiet);
+}
 
 static void side_effects(struct call *c)
 {
@@ -831,9 +1017,11 @@ static void side_effects(struct call *c)
  */
 static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 {
+	char hold[HOLD_PATH_MAX];
 	long long lat;
 	int i;
 
+	hold[0] = '\0';
 	memset(c, 0, sizeof(*c));
 	c->fn = fn;
 	c->h = h;
@@ -848,9 +1036,7 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	if (st.pending_close_all && st.initialized && fn != FN_C_Initialize && fn != FN_C_Finalize) {
 		/* First, so that this very call already sees the emptied token. */
 		st.pending_close_all = 0;
-		unlock(&mu);
-		close_all_real(c->real);
-		lock(&mu);
+		close_all_quiet(c->real);
 	}
 	st.calls[fn]++;
 	lat = st.cfg.fn_latency_us[fn] >= 0 ? st.cfg.fn_latency_us[fn] : st.cfg.latency_us;
@@ -881,24 +1067,53 @@ static int begin(struct call *c, int fn, CK_SESSION_HANDLE h, CK_RV *out)
 	}
 	if (c->inject)
 		st.injected[fn]++;
+	for (i = 0; i < st.cfg.nholds; i++) {
+		struct hold *hl = &st.cfg.holds[i];
+
+		if (hold_fires(hl, fn) && !hold[0] && !c->hold_after[0]) {
+			hl->held++;
+			if (hl->after) {	/* counted when the wait begins, in finish */
+				memcpy(c->hold_after, hl->path, sizeof(c->hold_after));
+				continue;
+			}
+			st.holding++;
+			st.held++;
+			memcpy(hold, hl->path, sizeof(hold));
+		}
+	}
 	unlock(&mu);
 
 	if (lat > 0)
 		sleep_us(lat);
+	if (hold[0])
+		wait_hold(hold);
 	if (c->inject && !c->after) {
+		c->hold_after[0] = '\0';	/* not forwarded: no answer to hold */
+		enter_real(c);	/* side effects call the real module */
 		side_effects(c);
+		leave_real(c);
 		*out = c->inject;
 		return 1;
 	}
+	enter_real(c);
 	return 0;
 }
 
 static CK_RV finish(struct call *c, CK_RV rv)
 {
+	if (c->hold_after[0]) {
+		/* The answer waits; the call still counts as inside the module. */
+		lock(&mu);
+		st.holding++;
+		st.held++;
+		unlock(&mu);
+		wait_hold(c->hold_after);
+	}
 	if (c->inject && c->after) {
 		side_effects(c);
-		return c->inject;
+		rv = c->inject;
 	}
+	leave_real(c);
 	return rv;
 }
 
@@ -988,6 +1203,7 @@ static CK_RV fm_C_Initialize(CK_VOID_PTR pInitArgs)
 		memset(st.injected, 0, sizeof(st.injected));
 		st.loads = 0;
 		st.load_errors = 0;
+		st.held = 0;	/* holding counts calls still waiting: kept */
 	}
 	unlock(&mu);
 	if (begin(&c, FN_C_Initialize, 0, &rv))

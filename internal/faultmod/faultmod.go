@@ -34,9 +34,12 @@
 //	max_sessions N               C_OpenSession answers CKR_SESSION_COUNT while N
 //	                             sessions opened through the module are open (0: no cap)
 //	close_all_sessions           one-shot: the next call first closes every session
-//	                             in the real module (C_CloseAllSessions on every slot)
+//	                             in the real module (C_CloseAllSessions on every slot),
+//	                             once no call is inside it (see below)
 //	token_gone [0|1|CODE]        1 (or no argument): the token is out of its slot
 //	stats                        one-shot: write the stats file now
+//	hold FUNCTION|* PATH [every N] [from K] [count C] [after]
+//	                             matching calls wait while the file PATH exists
 //	generation N                 written by Control; one-shots fire once per generation
 //
 // FUNCTION is a CK_FUNCTION_LIST member name such as C_Encrypt. CODE is a
@@ -72,6 +75,25 @@
 // v2.40 base, 5.2), by driving the matching C_*Final into a scratch buffer,
 // so the caller's next C_*Init succeeds.
 //
+// A hold line makes a test independent of the machine's speed: a call it
+// matches (counted and conditioned like a fail line, "count C" capping the
+// calls held) waits, after any latency and before it is forwarded or fails,
+// for as long as the file PATH (absolute, no spaces) exists; removing the
+// file releases it, rewriting the control file does not. When a call starts
+// and stops waiting the module writes the stats file, whose "holding" line
+// says how many calls wait now: a test that waits for holding > 0 knows the
+// process is in the middle of the held call, on any machine. At most 8 hold
+// lines; the first that applies holds the call, every matching one counts it.
+// With "after" the call is forwarded first and its answer waits, as from a
+// token that is slow to answer: the call counts as inside the real module.
+//
+// Closing every session (close_all_sessions, or the token coming back) waits
+// until no call is inside the real module, and lets no call in until it is
+// done; the stats file, written when it starts to wait, then says
+// "closing 1". SoftHSM frees the state of a session that C_CloseAllSessions
+// closes even while another thread is using it, so a close that met a call
+// in flight crashed now and then; tests need no timing to avoid that.
+//
 // While token_gone is set every call answers CODE (default
 // CKR_TOKEN_NOT_PRESENT), except C_Initialize, C_Finalize, C_GetInfo,
 // C_GetSlotInfo (CKF_TOKEN_PRESENT cleared), C_GetSlotList (no slot when
@@ -82,9 +104,9 @@
 //
 // # Stats
 //
-// If FAULTMOD_STATS is set the module writes, on C_Finalize and on a "stats"
-// line, the number of calls and injected faults per function since
-// C_Initialize; see [ReadStats]. Malformed control lines are reported on
+// If FAULTMOD_STATS is set the module writes, on C_Finalize, on a "stats"
+// line and when a held call starts or stops waiting, the number of calls and
+// injected faults per function since C_Initialize; see [ReadStats]. Malformed control lines are reported on
 // stderr, skipped, and counted as load errors.
 package faultmod
 
@@ -256,7 +278,7 @@ type Control struct {
 // picks the new file up on its next call.
 func (c *Control) Set(lines ...string) error {
 	var body strings.Builder
-	fails := 0
+	fails, holds := 0, 0
 	for _, arg := range lines {
 		for line := range strings.SplitSeq(arg, "\n") {
 			isFail, err := checkLine(line)
@@ -266,12 +288,18 @@ func (c *Control) Set(lines ...string) error {
 			if isFail {
 				fails++
 			}
+			if w := fields(line); len(w) > 0 && w[0] == "hold" {
+				holds++
+			}
 			body.WriteString(line)
 			body.WriteByte('\n')
 		}
 	}
 	if fails > maxRules {
 		return fmt.Errorf("faultmod: %d fail lines, at most %d", fails, maxRules)
+	}
+	if holds > maxHolds {
+		return fmt.Errorf("faultmod: %d hold lines, at most %d", holds, maxHolds)
 	}
 	return c.write(body.String())
 }
@@ -347,6 +375,9 @@ type Stats struct {
 	Loads        uint64            // control-file loads
 	LoadErrors   uint64            // malformed control lines seen
 	OpenSessions int               // sessions opened through the module and still open
+	Holding      uint64            // calls waiting on a hold line now
+	Held         uint64            // calls held since C_Initialize
+	Closing      bool              // a close of every session waits for calls inside the module
 	Calls        map[string]uint64 // calls per function, including injected ones
 	Injected     map[string]uint64 // injected faults per function
 }
@@ -384,6 +415,12 @@ func ReadStats(path string) (*Stats, error) {
 				s.Loads = v
 			case "load_errors":
 				s.LoadErrors = v
+			case "holding":
+				s.Holding = v
+			case "held":
+				s.Held = v
+			case "closing":
+				s.Closing = v != 0
 			}
 		case len(w) == 5 && w[1] == "calls" && w[3] == "injected":
 			calls, err1 := strconv.ParseUint(w[2], 10, 64)
@@ -403,7 +440,11 @@ func ReadStats(path string) (*Stats, error) {
 // The grammar check below mirrors parse_line in faultmod.c; the tests load
 // every name and code through the module to keep the two in step.
 
-const maxRules = 64 // MAX_RULES in faultmod.c
+const (
+	maxRules    = 64   // MAX_RULES in faultmod.c
+	maxHolds    = 8    // MAX_HOLDS
+	holdPathMax = 1024 // HOLD_PATH_MAX
+)
 
 // functions lists CK_FUNCTION_LIST (v2.40) in order, as in pkcs11f.h.
 var functions = []string{
@@ -517,6 +558,8 @@ func checkLine(line string) (isFail bool, err error) {
 		return false, err
 	case "fail":
 		return true, checkFail(w)
+	case "hold":
+		return false, checkHold(w)
 	case "max_sessions":
 		if len(w) != 2 {
 			return false, want("max_sessions N")
@@ -538,6 +581,41 @@ func checkLine(line string) (isFail bool, err error) {
 		return false, want("token_gone [0|1|CODE]")
 	}
 	return false, fmt.Errorf("unknown directive %q", w[0])
+}
+
+func checkHold(w []string) error {
+	if len(w) < 3 {
+		return errors.New(`want "hold FUNCTION|* PATH [every N] [from K] [count C] [after]"`)
+	}
+	if err := parseFunction(w[1]); err != nil {
+		return err
+	}
+	if w[1] == "C_GetFunctionList" {
+		return errors.New("C_GetFunctionList cannot be held")
+	}
+	if !strings.HasPrefix(w[2], "/") || len(w[2]) >= holdPathMax {
+		return fmt.Errorf("hold path %q: want an absolute path shorter than %d bytes", w[2], holdPathMax)
+	}
+	for i := 3; i < len(w); i += 2 {
+		k := w[i]
+		if k == "after" {
+			i--
+			continue
+		}
+		if i+1 >= len(w) {
+			return fmt.Errorf("%s without value", k)
+		}
+		n, err := parseNumber(w[i+1])
+		switch {
+		case k != "every" && k != "from" && k != "count":
+			return fmt.Errorf("unknown option %q", k)
+		case err != nil:
+			return fmt.Errorf("%s %q: want a decimal or 0x number", k, w[i+1])
+		case n == 0 && k != "count":
+			return fmt.Errorf("%s wants a number above 0", k)
+		}
+	}
+	return nil
 }
 
 func checkFail(w []string) error {

@@ -52,6 +52,11 @@ func TestCheckLine(t *testing.T) {
 		"token_gone",
 		"token_gone CKR_DEVICE_REMOVED",
 		"stats",
+		"hold C_EncryptUpdate /tmp/hold",
+		"hold * /tmp/hold every 2 from 3 count 1",
+		"hold C_Initialize /tmp/hold count 0",
+		"hold C_Encrypt /tmp/hold after",
+		"hold C_Encrypt /tmp/hold after from 2 every 3",
 	}
 	for _, line := range good {
 		t.Run("good/"+line, func(t *testing.T) {
@@ -79,6 +84,14 @@ func TestCheckLine(t *testing.T) {
 		"close_all_sessions now",
 		"token_gone 1 2",
 		"token_gone maybe",
+		"hold C_Encrypt",
+		"hold C_Encrypt relative/path",
+		"hold C_Nope /tmp/hold",
+		"hold C_GetFunctionList /tmp/hold",
+		"hold C_Encrypt /tmp/hold from 0",
+		"hold C_Encrypt /tmp/hold every",
+		"hold C_Encrypt /tmp/hold sometimes 2",
+		"hold C_Encrypt /" + strings.Repeat("x", 1024),
 		"explode",
 	}
 	for _, line := range bad {
@@ -175,11 +188,11 @@ func TestEnv(t *testing.T) {
 func TestReadStats(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "stats")
 	require.NoError(t, os.WriteFile(path, []byte("# faultmod stats\ngeneration 4\nloads 3\n"+
-		"load_errors 1\nopen_sessions 2\nC_Encrypt calls 9 injected 3\n"), 0o600))
+		"load_errors 1\nopen_sessions 2\nholding 1\nheld 5\nclosing 1\nC_Encrypt calls 9 injected 3\n"), 0o600))
 	s, err := ReadStats(path)
 	require.NoError(t, err)
 	require.Equal(t, &Stats{
-		Generation: 4, Loads: 3, LoadErrors: 1, OpenSessions: 2,
+		Generation: 4, Loads: 3, LoadErrors: 1, OpenSessions: 2, Holding: 1, Held: 5, Closing: true,
 		Calls: map[string]uint64{"C_Encrypt": 9}, Injected: map[string]uint64{"C_Encrypt": 3},
 	}, s)
 
@@ -659,6 +672,95 @@ func TestModule(t *testing.T) {
 		require.Equal(t, calls/5, after.Injected["C_Encrypt"]-before.Injected["C_Encrypt"])
 	})
 
+	t.Run("hold", func(t *testing.T) {
+		s := r.open(t)
+		gate := filepath.Join(t.TempDir(), "gate")
+		require.NoError(t, os.WriteFile(gate, nil, 0o600))
+		// Calls 1 and 2 pass; call 3 waits while the gate exists; count 1:
+		// call 4 passes again even with the gate still there.
+		r.set(t, "hold C_GenerateRandom "+gate+" from 3 count 1")
+		for range 2 {
+			_, err := r.ctx.GenerateRandom(s, 8)
+			require.NoError(t, err)
+		}
+		returned := make(chan error, 1)
+		go func() {
+			_, err := r.ctx.GenerateRandom(s, 8)
+			returned <- err
+		}()
+		// The event: the module says a call is waiting. The stats file is
+		// rewritten when a hold starts; no other call runs meanwhile.
+		for {
+			select {
+			case err := <-returned:
+				t.Fatalf("the held call returned (%v) while the gate exists", err)
+			default:
+			}
+			st, err := ReadStats(r.stats)
+			if err == nil && st.Holding == 1 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		select {
+		case err := <-returned:
+			t.Fatalf("the held call returned (%v) while the gate exists", err)
+		default: // held: it cannot return before the gate goes
+		}
+		require.NoError(t, os.Remove(gate))
+		require.NoError(t, <-returned)
+		st, err := ReadStats(r.stats)
+		require.NoError(t, err)
+		require.Zero(t, st.Holding, "written again when the wait ends")
+		require.Equal(t, uint64(1), st.Held)
+		require.NoError(t, os.WriteFile(gate, nil, 0o600))
+		_, err = r.ctx.GenerateRandom(s, 8) // count 1: not held again
+		require.NoError(t, err)
+	})
+
+	t.Run("close waits for calls inside", func(t *testing.T) {
+		s := r.open(t)
+		gate := filepath.Join(t.TempDir(), "gate")
+		require.NoError(t, os.WriteFile(gate, nil, 0o600))
+		// The call reaches SoftHSM; its answer is held (a slow token).
+		r.set(t, "hold C_GenerateRandom "+gate+" after count 1")
+		returned := make(chan error, 1)
+		go func() {
+			_, err := r.ctx.GenerateRandom(s, 8)
+			returned <- err
+		}()
+		waitStats := func(what string, cond func(*Stats) bool, closed <-chan error) {
+			for {
+				select {
+				case err := <-returned:
+					t.Fatalf("the held call returned (%v) before %s", err, what)
+				case err := <-closed:
+					t.Fatalf("the close ran (%v) before %s", err, what)
+				default:
+				}
+				if st, err := ReadStats(r.stats); err == nil && cond(st) {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		waitStats("the module held it", func(st *Stats) bool { return st.Holding == 1 }, nil)
+		closed := make(chan error, 1)
+		go func() {
+			err := r.ctl.Set("close_all_sessions")
+			if err == nil {
+				_, err = r.ctx.GetInfo() // runs the close
+			}
+			closed <- err
+		}()
+		waitStats("the module said the close waits", func(st *Stats) bool { return st.Closing }, closed)
+		require.NoError(t, os.Remove(gate))
+		require.NoError(t, <-returned, "answered before the close")
+		require.NoError(t, <-closed)
+		_, err := r.ctx.GenerateRandom(s, 8)
+		require.ErrorIs(t, err, ckr(pkcs11.CKR_SESSION_HANDLE_INVALID), "the close ran after")
+	})
+
 	t.Run("every name and code loads", func(t *testing.T) {
 		before := r.readStats(t).LoadErrors
 		var lines []string
@@ -666,6 +768,9 @@ func TestModule(t *testing.T) {
 			lines = append(lines, "latency_us "+f+" 0")
 			if f != "C_GetFunctionList" {
 				lines = append(lines, "fail "+f+" CKR_GENERAL_ERROR from 1000000000")
+			}
+			if f == "C_GetInfo" {
+				lines = append(lines, "hold "+f+" /nonexistent/faultmod-hold every 2 from 1000000000 count 1")
 			}
 		}
 		for name := range codes {

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hsmkeys/hsmkeys/provider"
 	"github.com/miekg/pkcs11"
@@ -30,7 +29,7 @@ func TestDeviceErrors(t *testing.T) {
 		maxSessions = 4
 	)
 	p := open(t, maxSessions)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()
 
 	// One key per worker made before the faults: a device error must not
@@ -157,7 +156,12 @@ func TestDeviceErrors(t *testing.T) {
 // trips with it, within a deadline, and requires every call to succeed.
 func burst(t *testing.T, p *provider.Provider, callers, rounds int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	require.NoError(t, burstErr(p, callers, rounds), "burst of %d callers", callers)
+}
+
+// burstErr is burst for any goroutine: it returns what went wrong.
+func burstErr(p *provider.Provider, callers, rounds int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()
 	errs := make(chan error, callers)
 	var wg sync.WaitGroup
@@ -187,5 +191,5 @@ func burst(t *testing.T, p *provider.Provider, callers, rounds int) {
 	for err := range errs {
 		all = append(all, err)
 	}
-	require.NoError(t, errors.Join(all...), "burst of %d callers", callers)
+	return errors.Join(all...)
 }

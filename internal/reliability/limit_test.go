@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,7 +26,20 @@ func TestSessionLimit(t *testing.T) {
 	t.Run("all work completes", func(t *testing.T) {
 		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
-		burst(t, p, 16, 20)
+		// The first two callers' C_GenerateKey is held until another
+		// caller has been refused a session of its own: the cap is
+		// reached however fast or slow the machine.
+		g, release := gate(t)
+		held := []string{"max_sessions 2", "hold C_GenerateKey " + g}
+		before := snapshot(t, held...).Injected["C_OpenSession"]
+		done := make(chan error, 1)
+		go func() { done <- burstErr(p, 16, 20) }()
+		waitHolding(t, 2)
+		eventually(t, func() bool { n, ok := refused(held...); return ok && n > before },
+			"no caller was refused a session while two held the token's two")
+		release()
+		require.NoError(t, <-done)
+		setFaults(t, "max_sessions 2")
 		assert.LessOrEqual(t, p.Sessions(), tokenMax)
 		assert.Positive(t, p.Sessions())
 		st := snapshot(t, "max_sessions 2")
@@ -55,40 +67,40 @@ func TestSessionLimit(t *testing.T) {
 	})
 
 	t.Run("waiters honour their deadline", func(t *testing.T) {
-		// Slow encryptions keep both sessions busy for 40 ms (two C_Encrypt
-		// calls per Seal); the callers allow 30.
-		setFaults(t, "max_sessions 2", "latency_us C_Encrypt 20000")
+		// Two callers hold the token's two sessions in a C_Encrypt that
+		// faultmod holds until the others are done: those 14, allowing 30
+		// ms each, cannot get a session however fast or slow the machine,
+		// and must give up with context.DeadlineExceeded and nothing else.
+		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
 		k, err := p.Generate(context.Background(), provider.AES256)
 		require.NoError(t, err)
-		var (
-			ok, timedOut atomic.Int64
-			wg           sync.WaitGroup
-			errMu        sync.Mutex
-			others       []error
-		)
-		for range 16 {
+		g, release := gate(t) // after open: released before p is closed
+		setFaults(t, "max_sessions 2", "hold C_Encrypt "+g)
+		var holders sync.WaitGroup
+		held := make([]error, 2)
+		for i := range held {
+			holders.Go(func() { _, held[i] = k.Seal(context.Background(), []byte("held"), nil) })
+		}
+		waitHolding(t, 2)
+		var wg sync.WaitGroup
+		errs := make([]error, 14)
+		for i := range errs {
 			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 				defer cancel()
-				_, err := k.Seal(ctx, []byte("slow"), nil)
-				switch {
-				case err == nil:
-					ok.Add(1)
-				case errors.Is(err, context.DeadlineExceeded):
-					timedOut.Add(1)
-				default:
-					errMu.Lock()
-					others = append(others, err)
-					errMu.Unlock()
-				}
+				_, errs[i] = k.Seal(ctx, []byte("waits"), nil)
 			})
 		}
 		wg.Wait()
-		t.Logf("seals: %d done, %d timed out waiting", ok.Load(), timedOut.Load())
-		require.NoError(t, errors.Join(others...))
-		assert.Positive(t, ok.Load(), "callers that got a session finish their call")
-		assert.Positive(t, timedOut.Load(), "16 callers on 2 slow sessions: some must time out")
+		for i, err := range errs {
+			assert.ErrorIs(t, err, context.DeadlineExceeded, "waiter %d", i)
+		}
+		release()
+		holders.Wait()
+		for _, err := range held {
+			require.NoError(t, err, "callers that got a session finish their call")
+		}
 		// Nothing is left holding a session: the key works for everyone.
 		setFaults(t, "max_sessions 2")
 		burst(t, p, 16, 2)
@@ -97,19 +109,26 @@ func TestSessionLimit(t *testing.T) {
 	})
 
 	t.Run("waiters learn that the token is gone", func(t *testing.T) {
-		// Two callers hold the token's two sessions in a slow C_GenerateKey,
-		// the others wait for one of them. The token leaves, then comes
-		// back: the holders fail with ErrTokenUnavailable, and a waiter must
-		// not go on waiting for a session that will never be returned.
-		setFaults(t, "max_sessions 2", "latency_us C_GenerateKey 50000")
+		// Two callers hold the token's two sessions in a C_GenerateKey
+		// that faultmod holds; the others wait for one of them (each has
+		// been refused a session of its own). The token leaves, the held
+		// calls go on: the holders then fail with ErrTokenUnavailable, and
+		// a waiter must not go on waiting for a session that will never be
+		// returned. Every caller ends while the token is still gone.
+		setFaults(t, "max_sessions 2")
 		p := open(t, 8)
+		g, release := gate(t) // after open: released before p is closed
+		held := []string{"max_sessions 2", "hold C_GenerateKey " + g}
+		before := snapshot(t, held...).Injected["C_OpenSession"]
 		const callers = 12
 		var wg sync.WaitGroup
 		errs := make([]error, callers)
 		waited := make([]time.Duration, callers)
 		for i := range callers {
 			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				// A caller still waiting for a session when the safety net
+				// runs out fails with DeadlineExceeded: the bug this finds.
+				ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 				defer cancel()
 				start := time.Now()
 				k, err := p.Generate(ctx, provider.AES256)
@@ -120,16 +139,18 @@ func TestSessionLimit(t *testing.T) {
 				errs[i] = err
 			})
 		}
-		time.Sleep(20 * time.Millisecond) // all callers hold or wait
-		setFaults(t, "max_sessions 2", "latency_us C_GenerateKey 50000", "token_gone 1")
-		time.Sleep(200 * time.Millisecond)
-		fire(t, "max_sessions 2") // the token is back
+		waitHolding(t, 2)
+		eventually(t, func() bool { n, ok := refused(held...); return ok && n >= before+callers-2 },
+			"the callers beyond the token's two sessions never asked for one")
+		setFaults(t, append(held, "token_gone 1")...)
+		release()
 		wg.Wait()
 		for i, err := range errs {
 			if err != nil && !errors.Is(err, provider.ErrTokenUnavailable) {
 				t.Errorf("caller %d, after %v: %v; want success or ErrTokenUnavailable", i, waited[i].Round(time.Millisecond), err)
 			}
 		}
+		fire(t, "max_sessions 2") // the token is back
 		burst(t, p, 4, 2)
 	})
 

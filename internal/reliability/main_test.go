@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hsmkeys/hsmkeys/internal/faultmod"
 	"github.com/hsmkeys/hsmkeys/provider"
@@ -159,11 +160,10 @@ func setFaults(t *testing.T, lines ...string) {
 
 // fire replaces the fault configuration and makes one call through the
 // anchor, so that one-shot lines (close_all_sessions, a token coming back)
-// take effect now, in this goroutine, while no call of the test is inside
-// SoftHSM. Left to faultmod, they run in whichever thread calls next, and
-// SoftHSM's C_CloseAllSessions frees the state of a session that another
-// thread is using: a use-after-free that crashes C_Encrypt and
-// C_GenerateKey now and then.
+// have taken effect when it returns. SoftHSM's C_CloseAllSessions frees the
+// state of a session that another thread is using (a use-after-free that
+// crashed C_Encrypt and C_GenerateKey now and then), so faultmod runs a
+// close only once no call is inside SoftHSM, and lets none in meanwhile.
 func fire(t *testing.T, lines ...string) {
 	t.Helper()
 	setFaults(t, lines...)
@@ -211,6 +211,28 @@ func snapshot(t *testing.T, lines ...string) *faultmod.Stats {
 	return s
 }
 
+// refused polls, while calls are in flight, how many C_OpenSession calls
+// faultmod.so has refused, keeping the faults in lines. A call of another
+// goroutine may load the control file before the anchor does and write the
+// stats itself, a moment later than the anchor returns: a missing file then
+// reads as "not yet", not as a failure.
+func refused(lines ...string) (uint64, bool) {
+	if err := os.Remove(env.stats); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, false
+	}
+	if err := env.ctl.Set(append(lines, "stats")...); err != nil {
+		return 0, false
+	}
+	if _, err := env.anchor.GetInfo(); err != nil {
+		return 0, false
+	}
+	st, err := faultmod.ReadStats(env.stats)
+	if err != nil {
+		return 0, false
+	}
+	return st.Injected["C_OpenSession"], true
+}
+
 // roundTrip seals a fresh random message with k and opens it again.
 func roundTrip(ctx context.Context, k *provider.Key, aad string) error {
 	msg := make([]byte, 64)
@@ -238,4 +260,56 @@ func tokenCode(err error) (uint, bool) {
 		return te.Code, true
 	}
 	return 0, false
+}
+
+// safetyNet bounds the context of a test's operations. It catches a call
+// that never returns; it is no expectation of speed (a loaded machine may
+// be many times slower than an idle one), so it is minutes.
+const safetyNet = 2 * time.Minute
+
+// eventually waits until cond holds, checking every millisecond. It gives
+// up, failing the test, only when the test's own deadline (go test
+// -timeout) is near: waits are for events, not for durations.
+func eventually(t *testing.T, cond func() bool, format string, args ...any) {
+	t.Helper()
+	var expire <-chan time.Time
+	if d, ok := t.Deadline(); ok {
+		left := time.Until(d)
+		expire = time.After(left - min(left/10, 30*time.Second))
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-expire:
+			t.Fatalf("the test's deadline is near: "+format, args...)
+		}
+	}
+}
+
+// gate makes a file for a faultmod "hold" line; the calls it holds go on
+// when release removes it (also at the end of the test). Make it after the
+// provider (open): cleanups run last-first, and Close waits for the calls.
+func gate(t *testing.T) (path string, release func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "gate")
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	release = func() {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(release)
+	return path, release
+}
+
+// waitHolding waits until faultmod.so says that n calls wait on a hold
+// line (it writes the stats file when a hold begins).
+func waitHolding(t *testing.T, n uint64) {
+	t.Helper()
+	eventually(t, func() bool {
+		st, err := faultmod.ReadStats(env.stats)
+		return err == nil && st.Holding >= n
+	}, "%d calls never waited on the hold line", n)
 }

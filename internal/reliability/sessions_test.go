@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hsmkeys/hsmkeys/provider"
 	"github.com/stretchr/testify/assert"
@@ -34,7 +33,7 @@ func TestSessionsClosedUnderLoad(t *testing.T) {
 		maxSessions = 4
 	)
 	p := open(t, maxSessions)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()
 
 	// Keys made before the fault and held idle through it.
@@ -102,27 +101,32 @@ func TestSessionsClosedUnderLoad(t *testing.T) {
 		wg.Wait()
 	}()
 
-	require.Eventually(t, func() bool { return done[phaseBefore].Load() >= 200 }, 10*time.Second, time.Millisecond,
-		"the workers make no progress before the fault")
+	eventually(t, func() bool { return done[phaseBefore].Load() >= 200 }, "the workers make no progress before the fault")
 	phase.Store(phaseFaulting)
 	// The sessions must close while calls are in flight in the provider,
 	// but not inside SoftHSM: its C_CloseAllSessions frees the state of a
-	// session another thread is using (see fire). So first slow every call
-	// down: the workers, mid-operation, then wait in faultmod's sleep before
-	// each call, and the close meets a call inside SoftHSM only if one of
-	// its few microseconds falls on it.
-	const slow = "latency_us 200000"
-	setFaults(t, slow, "latency_us C_GetInfo 0")
-	time.Sleep(250 * time.Millisecond)
-	fire(t, slow, "latency_us C_GetInfo 0", "close_all_sessions")
-	setFaults(t) // full speed, on sessions that are gone
+	// session another thread is using (see fire). So faultmod holds every
+	// call the workers make (and the opening of a session) before it
+	// reaches SoftHSM; once it holds as many calls as there are sessions,
+	// every session's user waits in faultmod, the other workers wait for a
+	// session, and nothing is inside SoftHSM when the close runs.
+	g, release := gate(t)
+	var held []string
+	for _, fn := range []string{"C_OpenSession", "C_GenerateKey", "C_GetAttributeValue", "C_EncryptInit", "C_Encrypt",
+		"C_DecryptInit", "C_Decrypt", "C_DestroyObject"} {
+		held = append(held, "hold "+fn+" "+g)
+	}
+	setFaults(t, held...)
+	waitHolding(t, maxSessions)
+	fire(t, "close_all_sessions")
+	setFaults(t)
+	release() // the held calls go on, on sessions that are gone
 	// A key held idle is lost: the one-shot has closed every session, and
 	// from now on any Generate meets the token after the fault.
 	_, err := before[0].Seal(ctx, []byte("probe"), nil)
 	require.ErrorIs(t, err, provider.ErrKeyLost, "a key made before close_all_sessions")
 	phase.Store(phaseRecovered)
-	require.Eventually(t, func() bool { return done[phaseRecovered].Load() >= 200 }, 10*time.Second, time.Millisecond,
-		"the workers make no progress after the fault")
+	eventually(t, func() bool { return done[phaseRecovered].Load() >= 200 }, "the workers make no progress after the fault")
 	stop.Store(true)
 	wg.Wait()
 	t.Logf("round trips before/during/after the fault: %d/%d/%d; ErrKeyLost before/during: %d/%d",
@@ -182,10 +186,10 @@ func TestSessionClosedWhileOpening(t *testing.T) {
 	require.Zero(t, p.Sessions())
 	fire(t)
 
-	// The new session's C_GetSessionInfo waits in faultmod (not in
+	// The new session's C_GetSessionInfo is held in faultmod (not in
 	// SoftHSM) while the sessions are closed.
-	const slow = "latency_us C_GetSessionInfo 300000"
-	setFaults(t, slow)
+	g, release := gate(t)
+	setFaults(t, "hold C_GetSessionInfo "+g+" count 1")
 	type result struct {
 		k   *provider.Key
 		err error
@@ -195,8 +199,9 @@ func TestSessionClosedWhileOpening(t *testing.T) {
 		k, err := p.Generate(ctx, provider.AES256)
 		res <- result{k, err}
 	}()
-	time.Sleep(100 * time.Millisecond)
-	fire(t, slow, "close_all_sessions")
+	waitHolding(t, 1)
+	fire(t, "close_all_sessions")
+	release()
 	r := <-res
 	require.NoError(t, r.err, "generate whose new session was closed before its first use")
 	setFaults(t)

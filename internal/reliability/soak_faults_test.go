@@ -105,22 +105,11 @@ func (f *soakFaults) mayHaveLost(born soakWindow) bool {
 }
 
 // Closing sessions while a call is inside SoftHSM crashes it now and then
-// (see fire in main_test.go). So before sessions are closed (by
-// close_all_sessions, or by the token coming back) every call is slowed by
-// soakSlow, waiting in faultmod before it reaches SoftHSM; after soakDrain
-// the calls that were already inside SoftHSM have returned (the longest a
-// soak worker makes takes a few ms), and until soakSlow has passed no new
-// one can enter: the close runs then, in the anchor's C_GetInfo (fire).
-// soakSettle covers a close run by a worker's call that loaded the control
-// file before the anchor did: it is not fired in the anchor then, but that
-// worker's call waits soakSlow after it, as every other does.
-const (
-	soakSlow   = 400 * time.Millisecond
-	soakDrain  = 150 * time.Millisecond
-	soakSettle = 50 * time.Millisecond
-)
-
-var soakSlowLines = []string{fmt.Sprintf("latency_us %d", soakSlow.Microseconds()), "latency_us C_GetInfo 0"}
+// (see fire in main_test.go); faultmod's close waits until no call is
+// inside SoftHSM and lets none in until it is done, so the controller
+// needs no timing for it. The close runs in the anchor's C_GetInfo (fire),
+// or in a worker's call that loaded the control file first; either way it
+// is over when fire returns.
 
 // soakController cycles the faults: clean, device errors, clean, latency,
 // clean, sessions closed, clean, token gone and back. Each cycle takes about
@@ -133,6 +122,9 @@ type soakController struct {
 	cycles   int
 	closures int // close_all_sessions fired
 	gones    int // token gone and back
+	// clean, if not nil, is closed when the first fault may come: the run
+	// stays clean until then, however long that takes.
+	clean <-chan struct{}
 }
 
 func (c *soakController) run(ctx context.Context, deadline time.Time) error {
@@ -181,16 +173,7 @@ func (c *soakController) run(ctx context.Context, deadline time.Time) error {
 	closeAll := func() error {
 		c.f.enter(soakClosed | soakLatency)
 		c.f.started.Add(1)
-		if err := env.ctl.Set(soakSlowLines...); err != nil {
-			return err
-		}
-		if err := sleep(soakDrain); err != nil {
-			return err
-		}
-		if err := fireErr(append(soakSlowLines, "close_all_sessions")...); err != nil {
-			return err
-		}
-		if err := sleep(soakSettle); err != nil {
+		if err := fireErr("close_all_sessions"); err != nil {
 			return err
 		}
 		c.closures++
@@ -210,16 +193,11 @@ func (c *soakController) run(ctx context.Context, deadline time.Time) error {
 		if err := env.ctl.Set(line); err != nil {
 			return err
 		}
-		// While the token is gone no call reaches SoftHSM; waiting at
-		// least soakDrain lets those already inside return.
-		if err := sleep(max(c.phase/2, soakDrain)); err != nil {
+		if err := sleep(c.phase / 2); err != nil {
 			return err
 		}
 		// Back: the first call closes every session, as after a restart.
-		if err := fireErr(soakSlowLines...); err != nil {
-			return err
-		}
-		if err := sleep(soakSettle); err != nil {
+		if err := fireErr(); err != nil {
 			return err
 		}
 		c.gones++
@@ -232,6 +210,13 @@ func (c *soakController) run(ctx context.Context, deadline time.Time) error {
 	idle := func() error { return sleep(c.phase) }
 	steps := []func() error{idle, device, idle, latency, idle, closeAll, idle, gone}
 	defer env.ctl.Clear()
+	if c.clean != nil {
+		select {
+		case <-c.clean:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for ; ; c.cycles++ {
 		for _, step := range steps {
 			if c.cycles > 0 && time.Now().After(deadline) {

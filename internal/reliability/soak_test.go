@@ -118,7 +118,10 @@ func TestSoak(t *testing.T) {
 
 	heap := watchHeap(20 * time.Millisecond)
 	phase := min(max(*soakDuration/10, soakPhaseMin), soakPhaseMax)
-	ctl := &soakController{f: s.f, phase: phase, seed: seed}
+	s.firstBig.Add(min(2, *soakWorkers))
+	bigDone := make(chan struct{})
+	go func() { s.firstBig.Wait(); close(bigDone) }()
+	ctl := &soakController{f: s.f, phase: phase, seed: seed, clean: bigDone}
 	ctlCtx, stopCtl := context.WithCancel(ctx)
 	defer stopCtl()
 	start := time.Now()
@@ -262,6 +265,11 @@ type soakRun struct {
 	aes   string // KEK names
 	rsaN  string
 	big   chan struct{} // a slot per large message in flight
+	// firstBig is done when the workers that start with a large message
+	// have made it. The first fault waits for that: on a busy machine a
+	// large message takes long, and one that always met a fault would leave
+	// the streaming path untested.
+	firstBig sync.WaitGroup
 
 	shared [soakShared]atomic.Pointer[soakKey]
 	blobs  [soakBlobRing]atomic.Pointer[soakBlob]
@@ -398,9 +406,10 @@ func (w *soakWorker) step() (ok bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), soakOpTimeout)
 	defer cancel()
 	// The first two workers start with a large message, so that even a
-	// short run takes the streaming path.
+	// short run takes the streaming path; the faults wait for them.
 	if w.id < 2 && !w.bigDone {
 		w.bigDone = true
+		defer w.s.firstBig.Done()
 		w.message(ctx, true)
 		return true
 	}

@@ -72,8 +72,8 @@ const maxMemGrowth = 32 << 20
 // adds some 35 MiB of its own) and, through the garbage collector, on the
 // load, so they are reported, not checked; the child forces collections at
 // fixed points of the data (gcReader), so that neither moves the
-// difference (measured +2 to +9 MiB without -race, +0 to +18 MiB with it;
-// +4 MiB for 3 GiB).
+// difference (five runs each: +0 to +5 MiB without -race, +0 to +15 MiB
+// with it; 3 GiB instead of 1 GiB: +4 and +8 MiB).
 func TestStreamMemory(t *testing.T) {
 	if os.Getenv("HSMKEYS_MEMORY_CHILD") != "" {
 		memoryChild(t)

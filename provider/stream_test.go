@@ -137,6 +137,53 @@ func TestDecryptInputChangesUnderUs(t *testing.T) {
 	}
 }
 
+// TestDecryptBERChangesUnderUs: in a BER message (size unknown to Encrypt)
+// the content is in segments whose headers are read again by each pass; a
+// segment length changed between the passes moves the content pass 2
+// sees, and nothing of the block where it moved is written.
+func TestDecryptBERChangesUnderUs(t *testing.T) {
+	a := openAdmin(t)
+	kek := makeKEK(t, a, uniqueName(t, "berchange"), KEKRSA2048)
+	p := openProvider(t)
+	kek = mustKEK(t, p, kek)
+	const size = 6<<20 + 777
+	msg := bytes.Repeat([]byte("segmented plaintext "), size/20+1)[:size]
+	var out bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), -1, []*KEK{kek}, Options{}))
+	enc := out.Bytes()
+	m, err := cms.Parse(bytes.NewReader(enc), int64(len(enc)))
+	require.NoError(t, err)
+	var segs []cms.Range
+	for r, err := range m.ContentRanges() {
+		require.NoError(t, err)
+		segs = append(segs, r)
+	}
+	require.Greater(t, len(segs), 8, "a segmented content")
+	bs := int64(blockSize(p.chunkSize()))
+	j := len(segs) * 5 / 8 // a segment in the middle of some block
+	var at int64           // offset in the content where segment j starts
+	for _, r := range segs[:j] {
+		at += r.Len
+	}
+	hdr := segs[j].Off - 1 // the last byte of segment j's length
+	first := cms.Range{Off: segs[0].Off, Len: segs[0].Len}
+
+	plain := &changingReaderAt{b: bytes.Clone(enc), content: first, pass: -1}
+	var got bytes.Buffer
+	require.NoError(t, p.Decrypt(bg, &got, plain, int64(len(enc)), Options{}))
+	require.Equal(t, msg, got.Bytes())
+	pass1 := plain.seen - 1
+
+	r := &changingReaderAt{b: bytes.Clone(enc), content: first, pass: pass1 + 1, trigger: first.Off, target: hdr}
+	got.Reset()
+	err = p.Decrypt(bg, &got, r, int64(len(enc)), Options{})
+	require.True(t, r.changed)
+	require.Error(t, err)
+	t.Logf("segment %d of %d changed, %d bytes into the content: %v", j, len(segs), at, err)
+	require.True(t, bytes.Equal(got.Bytes(), msg[:min(got.Len(), size)]), "what was written is a prefix of the plaintext (first difference at byte %d)", firstDiff(got.Bytes(), msg))
+	assert.Equal(t, int(at/bs*bs), got.Len(), "the blocks before the one that moved")
+}
+
 // firstDiff is the offset of the first byte where a and b differ.
 func firstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {

@@ -8,23 +8,25 @@ import (
 	"testing"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/cms"
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// changingReaderAt serves a message and changes one byte of its content
-// at a chosen moment of a chosen pass, as a file rewritten by another
-// process while Decrypt reads it would. A pass starts with a read that
-// covers the first content byte.
+// changingReaderAt serves a message and changes one byte of it (or cuts
+// it short) at a chosen moment of a chosen pass, as a file rewritten by
+// another process while Decrypt reads it would. A pass starts with a read
+// that covers the first content byte.
 type changingReaderAt struct {
-	mu      sync.Mutex
-	b       []byte
-	content cms.Range
-	pass    int   // the read of the content that changes the input
-	trigger int64 // ... when a read of that pass covers this offset
-	target  int64 // the byte changed
-	seen    int   // passes started
-	changed bool
+	mu       sync.Mutex
+	b        []byte
+	content  cms.Range
+	pass     int   // the read of the content that changes the input
+	trigger  int64 // ... when a read of that pass covers this offset
+	target   int64 // the byte changed
+	truncate bool  // cut the input at target instead
+	seen     int   // passes started
+	changed  bool
 }
 
 func (r *changingReaderAt) ReadAt(p []byte, off int64) (int, error) {
@@ -35,7 +37,11 @@ func (r *changingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 		r.seen++
 	}
 	if !r.changed && r.seen == r.pass && off <= r.trigger && end > r.trigger {
-		r.b[r.target] ^= 0x80
+		if r.truncate {
+			r.b = r.b[:r.target]
+		} else {
+			r.b[r.target] ^= 0x80
+		}
 		r.changed = true
 	}
 	if off >= int64(len(r.b)) {
@@ -49,15 +55,16 @@ func (r *changingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // TestDecryptInputChangesUnderUs: a large message is read twice; whatever
-// changes between or during the passes, Decrypt never returns nil with
-// plaintext other than the authenticated one, and a change seen by pass 1
-// releases nothing at all.
+// changes between or during the passes, every byte Decrypt writes is
+// plaintext of the ciphertext pass 1 authenticated: what the writer holds
+// when Decrypt fails is a prefix of the message, exactly the blocks before
+// the first one that changed, never a byte decrypted from changed data.
 func TestDecryptInputChangesUnderUs(t *testing.T) {
 	a := openAdmin(t)
 	kek := makeKEK(t, a, uniqueName(t, "change"), KEKRSA2048)
 	p := openProvider(t)
 	kek = mustKEK(t, p, kek)
-	const size = 5 << 20 // over oneShotLimit: two passes
+	const size = 5<<20 + 12345 // over oneShotLimit: two passes; the last block is short
 	msg := bytes.Repeat([]byte("secret plaintext "), size/17+1)[:size]
 	var out bytes.Buffer
 	require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), size, []*KEK{kek}, Options{}))
@@ -69,7 +76,14 @@ func TestDecryptInputChangesUnderUs(t *testing.T) {
 		content = r // DER: one range
 	}
 	require.Greater(t, content.Len, int64(oneShotLimit))
-	mid, last := content.Off+content.Len/2, content.Off+content.Len-1
+	bs := int64(blockSize(p.chunkSize()))
+	require.Equal(t, int64(1<<20), bs)
+	first, mid, last := content.Off, content.Off+content.Len/2, content.Off+content.Len-1
+	tag := int64(len(enc)) - p11.TagSize // DER without unauthAttrs: the mac ends the message
+	require.Equal(t, m.MAC, enc[tag:])
+	// blocksBefore is the plaintext of the whole blocks before the one
+	// that holds the content byte at off.
+	blocksBefore := func(off int64) int { return int((off - content.Off) / bs * bs) }
 
 	// Unchanged, the reader gives the plaintext: the harness is sound.
 	// Parse may read the start of the content too: the passes are the last
@@ -85,24 +99,116 @@ func TestDecryptInputChangesUnderUs(t *testing.T) {
 		name            string
 		pass            int
 		trigger, target int64
-		nothingWritten  bool
+		truncate        bool
+		wantErr         bool
+		written         int // bytes of plaintext Decrypt may write
 	}{
-		{"between the passes", 2, content.Off, mid, false},
-		{"during pass 1", 1, mid, last, true},
-		{"during pass 2", 2, mid, last, false},
-		{"last byte during pass 2", 2, last, last, false},
+		{"between the passes, first block", 2, first, first, false, true, 0},
+		{"between the passes, middle", 2, first, mid, false, true, blocksBefore(mid)},
+		{"between the passes, last block", 2, first, last, false, true, blocksBefore(last)},
+		{"during pass 1, behind its reads", 1, mid, first + 10, false, true, 0},
+		{"during pass 1, ahead of its reads", 1, first, last, false, true, 0}, // the tag does not match
+		{"during pass 2, ahead of its reads", 2, mid, last, false, true, blocksBefore(last)},
+		{"during pass 2, the next block", 2, mid, mid + bs, false, true, blocksBefore(mid + bs)},
+		{"during pass 2, the block being read", 2, last, last, false, true, blocksBefore(last)},
+		{"shorter between the passes, at a block end", 2, first, first + 3*bs, true, true, 3 << 20},
+		{"shorter between the passes, inside a block", 2, first, mid, true, true, blocksBefore(mid)},
+		{"shorter during pass 1", 1, first, mid, true, true, 0},
+		// The tag is read once, by Parse: a change after it changes nothing.
+		{"the tag, during pass 1", 1, mid, tag, false, false, size},
+		{"the tag, between the passes", 2, first, tag + p11.TagSize - 1, false, false, size},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := &changingReaderAt{b: bytes.Clone(enc), content: content, pass: pass1 + c.pass - 1, trigger: c.trigger, target: c.target}
+			r := &changingReaderAt{b: bytes.Clone(enc), content: content, pass: pass1 + c.pass - 1,
+				trigger: c.trigger, target: c.target, truncate: c.truncate}
 			var got bytes.Buffer
 			err := p.Decrypt(bg, &got, r, int64(len(enc)), Options{})
 			require.True(t, r.changed, "the input was changed")
-			require.ErrorIs(t, err, ErrAuthentication)
-			if c.nothingWritten {
-				assert.Zero(t, got.Len(), "no plaintext released")
+			if c.wantErr {
+				require.ErrorIs(t, err, ErrAuthentication)
+			} else {
+				require.NoError(t, err)
 			}
+			n := min(got.Len(), size)
+			require.True(t, bytes.Equal(got.Bytes(), msg[:n]), "what was written is a prefix of the plaintext (first difference at byte %d of %d written)",
+				firstDiff(got.Bytes(), msg), got.Len())
+			assert.Equal(t, c.written, got.Len(), "plaintext written")
 		})
 	}
+}
+
+// TestDecryptBERChangesUnderUs: in a BER message (size unknown to Encrypt)
+// the content is in segments whose headers are read again by each pass; a
+// segment length changed between the passes moves the content pass 2
+// sees, and nothing of the block where it moved is written.
+func TestDecryptBERChangesUnderUs(t *testing.T) {
+	a := openAdmin(t)
+	kek := makeKEK(t, a, uniqueName(t, "berchange"), KEKRSA2048)
+	p := openProvider(t)
+	kek = mustKEK(t, p, kek)
+	const size = 6<<20 + 777
+	msg := bytes.Repeat([]byte("segmented plaintext "), size/20+1)[:size]
+	var out bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), -1, []*KEK{kek}, Options{}))
+	enc := out.Bytes()
+	m, err := cms.Parse(bytes.NewReader(enc), int64(len(enc)))
+	require.NoError(t, err)
+	var segs []cms.Range
+	for r, err := range m.ContentRanges() {
+		require.NoError(t, err)
+		segs = append(segs, r)
+	}
+	require.Greater(t, len(segs), 8, "a segmented content")
+	bs := int64(blockSize(p.chunkSize()))
+	j := len(segs) * 5 / 8 // a segment in the middle of some block
+	var at int64           // offset in the content where segment j starts
+	for _, r := range segs[:j] {
+		at += r.Len
+	}
+	hdr := segs[j].Off - 1 // the last byte of segment j's length
+	first := cms.Range{Off: segs[0].Off, Len: segs[0].Len}
+
+	plain := &changingReaderAt{b: bytes.Clone(enc), content: first, pass: -1}
+	var got bytes.Buffer
+	require.NoError(t, p.Decrypt(bg, &got, plain, int64(len(enc)), Options{}))
+	require.Equal(t, msg, got.Bytes())
+	pass1 := plain.seen - 1
+
+	r := &changingReaderAt{b: bytes.Clone(enc), content: first, pass: pass1 + 1, trigger: first.Off, target: hdr}
+	got.Reset()
+	err = p.Decrypt(bg, &got, r, int64(len(enc)), Options{})
+	require.True(t, r.changed)
+	require.Error(t, err)
+	t.Logf("segment %d of %d changed, %d bytes into the content: %v", j, len(segs), at, err)
+	require.True(t, bytes.Equal(got.Bytes(), msg[:min(got.Len(), size)]), "what was written is a prefix of the plaintext (first difference at byte %d)", firstDiff(got.Bytes(), msg))
+	assert.Equal(t, int(at/bs*bs), got.Len(), "the blocks before the one that moved")
+}
+
+// firstDiff is the offset of the first byte where a and b differ.
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// TestDecryptOddChunkSize: a chunk size that does not divide 1 MiB gives
+// blocks of whole chunks, and Decrypt still gives back the message.
+func TestDecryptOddChunkSize(t *testing.T) {
+	a := openAdmin(t)
+	kek := makeKEK(t, a, uniqueName(t, "odd"), KEKRSA2048)
+	p := openProvider(t, func(c *Config) { c.ChunkSize = 48 << 10 })
+	kek = mustKEK(t, p, kek)
+	require.Equal(t, 21*48<<10, blockSize(p.chunkSize()))
+	const size = 4<<20 + 999
+	msg := bytes.Repeat([]byte("odd chunks "), size/11+1)[:size]
+	var out bytes.Buffer
+	require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader(msg), -1, []*KEK{kek}, Options{}))
+	var got bytes.Buffer
+	require.NoError(t, p.Decrypt(bg, &got, bytes.NewReader(out.Bytes()), int64(out.Len()), Options{}))
+	require.Equal(t, msg, got.Bytes())
 }
 
 // BenchmarkDecryptStream is a 64 MiB message through Decrypt's two passes.

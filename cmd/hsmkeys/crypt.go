@@ -36,8 +36,9 @@ recipient whose KEK is on this token), DER or PEM, from IN (default stdin)
 to OUT (default stdout). OUT is written atomically, mode 0600, only once
 the whole message authenticates; an existing OUT is left untouched when
 decryption fails, and a link as OUT is refused. A message over 4 MiB is
-read twice; if IN changes in between, decrypt fails (stdout may then have
-received unauthenticated bytes: discard them on exit status 1). From a
+read twice; if IN changes in between, decrypt fails, and stdout has then
+received at most a prefix of the authenticated plaintext (incomplete:
+discard it on exit status 1), never a byte of the changed data. From a
 pipe, IN is first copied to an unnamed file in $TMPDIR, as large as the
 message. The --context pairs must be those the message was made with.
 With FILE.cms operands instead of -i/-o, each is decrypted to FILE, up to
@@ -170,6 +171,11 @@ func (c *cli) cmdDecrypt(ctx context.Context, args []string) error {
 	prog.clear()
 	if err == nil {
 		err = o.commit()
+	}
+	if err != nil && w.n > 0 && (*out == "" || *out == "-") {
+		// Decrypt writes only authenticated plaintext, but stdout cannot be
+		// taken back: say that it got an incomplete prefix.
+		err = withHint(err, "stdout received the first %d bytes of the plaintext, not all of it: discard them", w.n)
 	}
 	if err != nil {
 		return kekNotFound(err)

@@ -22,9 +22,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
 	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -269,48 +271,131 @@ func cmdBigFile(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), bytes.Repeat([]byte("0123456789abcdef"), n/16+1)[:n], 0o600))
 }
 
-// changeunder FILE.cms: runs `hsmkeys decrypt -i FILE.cms` with stdout a
-// pipe that the test reads one byte of, then leaves full; the first byte
-// means the first pass (the tag check) is over and the second is under way
-// and now blocked on the pipe, far from the end of the file. The test then
-// changes a byte three quarters into FILE.cms (in the content of a message
-// of some MiB), as another process rewriting the file would, drains stdout
-// and wants exit status 1 with the error for an input that changed.
+// changeunder [-o OUT] FILE.cms PLAIN: `hsmkeys decrypt -i FILE.cms`
+// while another process (this test) changes a byte of FILE.cms, and wants
+// exit status 1 with the error for an input that changed, and nothing
+// but a prefix of PLAIN (the true plaintext) released.
+//
+// Without -o, stdout is a pipe that the test reads one byte of, then
+// leaves full; the first byte means the first pass (the tag check) is over
+// and the second is under way and now blocked on the pipe, far from the
+// end of the file. The test then changes a byte three quarters into
+// FILE.cms (in the content of a message of some MiB), drains stdout, and
+// wants it to be a prefix of PLAIN.
+//
+// With -o OUT, nothing blocks on a pipe: the test holds hsmkeys' reads of
+// FILE.cms instead, with fanotify permission events (root only): it
+// changes a byte of the first 1 MiB block of the content before one of the
+// reads after pass 1 read that block and before pass 2 reads it (the read
+// that is nb reads from the end of a clean run, nb being the number of
+// blocks of the message), and wants OUT to keep the content it had. The
+// count follows Decrypt's reads of 1 MiB blocks; should they change, the
+// change lands in pass 1 or after pass 2 read the byte, and the test fails
+// (stderr must name the error of pass 2), it does not pass by accident.
 func cmdChangeUnder(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 1 {
-		ts.Fatalf("usage: changeunder FILE.cms")
+	var out string
+	if len(args) == 4 && args[0] == "-o" {
+		out, args = ts.MkAbs(args[1]), args[2:]
+	}
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: changeunder [-o OUT] FILE.cms PLAIN")
 	}
 	path := ts.MkAbs(args[0])
-	cmd := exec.Command("hsmkeys", "decrypt", "-i", path)
-	cmd.Dir = ts.MkAbs(".")
-	for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
-		"HSMKEYS_PIN_FILE", "HSMKEYS_TEST_SECRETS", "GORACE"} {
-		cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+	plain, err := os.ReadFile(ts.MkAbs(args[1]))
+	ts.Check(err)
+	decrypt := func(args ...string) (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command("hsmkeys", append([]string{"decrypt", "-i", path}, args...)...)
+		cmd.Dir = ts.MkAbs(".")
+		for _, k := range []string{"PATH", "HOME", "TMPDIR", "SOFTHSM2_CONF", "HSMKEYS_MODULE", "HSMKEYS_TOKEN",
+			"HSMKEYS_PIN_FILE", "HSMKEYS_TEST_SECRETS", "GORACE"} {
+			cmd.Env = append(cmd.Env, k+"="+ts.Getenv(k))
+		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		return cmd, &stderr
 	}
-	out, err := cmd.StdoutPipe()
-	ts.Check(err)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	ts.Check(cmd.Start())
-	var one [1]byte
-	if _, err := io.ReadFull(out, one[:]); err != nil {
-		_ = cmd.Wait()
-		ts.Fatalf("no output from the second pass: %v\n%s", err, stderr.String())
+	// flip returns a func that changes the byte at off; it reads the byte
+	// now, since a read while gateReads holds reads would wait for itself.
+	flip := func(off int64) func() {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		ts.Check(err)
+		var b [1]byte
+		_, err = f.ReadAt(b[:], off)
+		ts.Check(err)
+		return func() {
+			b[0] ^= 0x01
+			_, err := f.WriteAt(b[:], off)
+			ts.Check(err)
+			ts.Check(f.Close())
+		}
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	var stderr *bytes.Buffer
+	if out == "" {
+		var cmd *exec.Cmd
+		cmd, stderr = decrypt()
+		stdout, err := cmd.StdoutPipe()
+		ts.Check(err)
+		ts.Check(cmd.Start())
+		var one [1]byte
+		if _, err := io.ReadFull(stdout, one[:]); err != nil {
+			_ = cmd.Wait()
+			ts.Fatalf("no output from the second pass: %v\n%s", err, stderr.String())
+		}
+		st, err := os.Stat(path)
+		ts.Check(err)
+		flip(st.Size() * 3 / 4)()
+		rest, _ := io.ReadAll(stdout)
+		got := append(one[:], rest...)
+		err = cmd.Wait()
+		checkChanged(ts, err, stderr)
+		if len(got) > len(plain) || !bytes.Equal(got, plain[:len(got)]) {
+			ts.Fatalf("stdout is not a prefix of the plaintext: %d bytes, first difference at byte %d", len(got), firstDiff(got, plain))
+		}
+		ts.Logf("stdout: %d of %d bytes of the plaintext", len(got), len(plain))
+		if !strings.Contains(stderr.String(), fmt.Sprintf("stdout received the first %d bytes of the plaintext, not all of it", len(got))) {
+			ts.Fatalf("stderr does not say what stdout received")
+		}
+		return
+	}
+	before, err := os.ReadFile(out)
 	ts.Check(err)
-	st, err := f.Stat()
+	// A clean run counts the reads.
+	reads := 0
+	cmd, stderr := decrypt("-o", ts.MkAbs("changeunder.clean"))
+	ts.Check(gateReads(path, cmd, func() { reads++ }))
+	ts.Logf("%s", stderr.String())
+	got, err := os.ReadFile(ts.MkAbs("changeunder.clean"))
 	ts.Check(err)
-	off := st.Size() * 3 / 4
-	var b [1]byte
-	_, err = f.ReadAt(b[:], off)
+	if !bytes.Equal(got, plain) {
+		ts.Fatalf("the clean run did not give the plaintext")
+	}
+	nb := (len(plain) + 1<<20 - 1) >> 20
+	if reads < 2*nb+1 {
+		ts.Fatalf("%d reads of a message of %d blocks, want at least %d", reads, nb, 2*nb+1)
+	}
+	// 64 KiB into the file is in the first block of the content: the
+	// header before it is some hundred bytes.
+	change, n := flip(64<<10), 0
+	cmd, stderr = decrypt("-o", out)
+	err = gateReads(path, cmd, func() {
+		if n++; n == reads-nb {
+			change()
+		}
+	})
+	checkChanged(ts, err, stderr)
+	ts.Logf("%d reads in a clean run; the input changed before read %d", reads, reads-nb)
+	if !strings.Contains(stderr.String(), "nothing was written") {
+		ts.Fatalf("stderr does not say that nothing was written")
+	}
+	after, err := os.ReadFile(out)
 	ts.Check(err)
-	b[0] ^= 0x01
-	_, err = f.WriteAt(b[:], off)
-	ts.Check(err)
-	ts.Check(f.Close())
-	_, _ = io.Copy(io.Discard, out)
-	err = cmd.Wait()
+	if !bytes.Equal(after, before) {
+		ts.Fatalf("%s changed: %d bytes, %d before", out, len(after), len(before))
+	}
+}
+
+// checkChanged wants the exit status 1 of a decrypt whose input changed.
+func checkChanged(ts *testscript.TestScript, err error, stderr *bytes.Buffer) {
 	ts.Logf("%s", stderr.String())
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
@@ -319,6 +404,62 @@ func cmdChangeUnder(ts *testscript.TestScript, neg bool, args []string) {
 	if !strings.Contains(stderr.String(), "the input changed while it was decrypted") {
 		ts.Fatalf("stderr does not say the input changed")
 	}
+}
+
+// gateReads runs cmd with every read of path by another process held by a
+// fanotify permission event (FAN_ACCESS_PERM, which needs root) until
+// before(), called once per read, has returned; it returns what cmd.Wait
+// returns.
+func gateReads(path string, cmd *exec.Cmd, before func()) error {
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY|unix.O_LARGEFILE)
+	if err != nil {
+		return fmt.Errorf("fanotify (needs root): %w", err)
+	}
+	g := os.NewFile(uintptr(fd), "fanotify")
+	defer g.Close()
+	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD, unix.FAN_ACCESS_PERM, unix.AT_FDCWD, path); err != nil {
+		return fmt.Errorf("fanotify mark: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := g.Read(buf)
+			if err != nil {
+				return // closed once cmd has ended
+			}
+			for b := buf[:n]; len(b) >= int(unsafe.Sizeof(unix.FanotifyEventMetadata{})); {
+				ev := (*unix.FanotifyEventMetadata)(unsafe.Pointer(&b[0]))
+				if ev.Mask&unix.FAN_ACCESS_PERM != 0 && int(ev.Pid) != os.Getpid() {
+					before()
+				}
+				resp := unix.FanotifyResponse{Fd: ev.Fd, Response: unix.FAN_ALLOW}
+				_, _ = g.Write((*[unsafe.Sizeof(resp)]byte)(unsafe.Pointer(&resp))[:])
+				if ev.Fd >= 0 {
+					unix.Close(int(ev.Fd))
+				}
+				b = b[ev.Event_len:]
+			}
+		}
+	}()
+	err = cmd.Wait()
+	g.Close()
+	<-done
+	return err
+}
+
+// firstDiff is the offset of the first byte where a and b differ.
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
 
 // pinfifo: `hsmkeys selftest` with a FIFO as PIN file whose writer (this

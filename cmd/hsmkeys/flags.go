@@ -112,8 +112,14 @@ func (fs *flags) help() string {
 			b.WriteString("  " + strings.TrimSpace(l) + "\n")
 		}
 	}
-	b.WriteString("\nGlobal flags (before or after the command):\n")
-	b.WriteString(globalHelp())
+	var gs []string
+	for _, g := range globalFlags {
+		if (g.name == "pin-file" && fs.pin) || (g.name == "so-pin-file" && fs.soPIN) {
+			continue
+		}
+		gs = append(gs, strings.TrimSpace(dashed(g.name)+" "+g.arg))
+	}
+	fmt.Fprintf(&b, "\nGlobal flags, before or after the command (defaults in 'hsmkeys help'):\n  %s\n", strings.Join(gs, ", "))
 	return b.String()
 }
 

@@ -22,7 +22,7 @@ var globalFlags = []globalFlag{
 		bind: func(c *cli) *string { return &c.module }},
 	{name: "token", arg: "LABEL", usage: "the token, by label", def: "$HSMKEYS_TOKEN, else the only initialised token", env: "HSMKEYS_TOKEN",
 		bind: func(c *cli) *string { return &c.token }},
-	{name: "uri", arg: "PKCS11-URI", usage: "the module and token as an RFC 7512 URI (no pin-value: use pin-source=file:...)", def: "$HSMKEYS_URI", env: "HSMKEYS_URI",
+	{name: "uri", arg: "PKCS11-URI", usage: "the module and token as an RFC 7512 URI (a PIN only as pin-source=file:..., never by value)", def: "$HSMKEYS_URI", env: "HSMKEYS_URI",
 		bind: func(c *cli) *string { return &c.uri }},
 	{name: "init-args", arg: "STRING", usage: "passed to the module's C_Initialize (NSS softoken: \"configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=\")", def: "$HSMKEYS_INIT_ARGS, else none", env: "HSMKEYS_INIT_ARGS",
 		bind: func(c *cli) *string { return &c.initArgs }},

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -35,6 +36,10 @@ func TestMain(m *testing.M) {
 // checkedMain is main, with stdout and stderr also kept and searched for
 // the PINs of the test (listed in the file $HSMKEYS_TEST_SECRETS).
 func checkedMain() {
+	// A session of its own, with no controlling terminal: a script never
+	// asks the developer who runs "go test" in a terminal for a PIN (the
+	// prompt uses /dev/tty, whatever stdin is).
+	_, _ = syscall.Setsid()
 	var out, errOut bytes.Buffer
 	code := run(os.Args[1:], os.Stdin, io.MultiWriter(os.Stdout, &out), io.MultiWriter(os.Stderr, &errOut))
 	if secrets, err := os.ReadFile(os.Getenv("HSMKEYS_TEST_SECRETS")); err == nil {

@@ -1,0 +1,269 @@
+package main
+
+// The terminal side of the command line (issue 16), for real: the hsmkeys
+// binary runs with a pseudo-terminal as its controlling terminal, and the
+// test types at it. Waits are for what appears on the screen or in /proc,
+// bounded only by the test's own deadline.
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// waitUntil polls cond until it holds; only the test's deadline ends it.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline, ok := t.Deadline()
+	for !cond() {
+		if ok && time.Until(deadline) < 5*time.Second {
+			t.Fatalf("gave up waiting for %s near the test's deadline", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startCtty runs the binary with the pseudo-terminal as its controlling
+// terminal, stdout and stderr, and stdin as given (nil: the terminal).
+func startCtty(t *testing.T, pe promptEnv, env []string, stdin io.Reader, args ...string) (*exec.Cmd, *os.File, *os.File, *screen) {
+	t.Helper()
+	master, tty := ptyPair(t)
+	cmd := exec.Command(pe.bin, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = io.Reader(tty), tty, tty
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 2} // stderr's descriptor is the terminal
+	require.NoError(t, cmd.Start())
+	scr := &screen{}
+	go func() {
+		b := make([]byte, 64<<10)
+		for {
+			n, err := master.Read(b)
+			scr.mu.Lock()
+			scr.buf.Write(b[:n])
+			scr.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return cmd, master, tty, scr
+}
+
+func (s *screen) wait(t *testing.T, text string) {
+	t.Helper()
+	waitUntil(t, strconv.Quote(text)+" on the terminal", func() bool { return strings.Contains(s.String(), text) })
+}
+
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	return ee.ExitCode()
+}
+
+// withPINFiles is env with the PINs in files (no prompt).
+func withPINFiles(pe promptEnv) []string {
+	return append(pe.env[:len(pe.env):len(pe.env)], "HSMKEYS_PIN_FILE="+filepath.Join(pe.dir, "user.pin"), "HSMKEYS_SO_PIN_FILE="+filepath.Join(pe.dir, "so.pin"))
+}
+
+func runOK(t *testing.T, pe promptEnv, env []string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(pe.bin, args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+}
+
+// "hsmkeys decrypt < file.cms" asks for the PIN on the controlling
+// terminal, as age, ssh and gpg do; a PIN typed wrong there gets a hint
+// about typing, not about variables and files.
+func TestPromptWithStdinRedirected(t *testing.T) {
+	pe := setupPromptToken(t)
+	env := withPINFiles(pe)
+	runOK(t, pe, env, "kek", "create", "--label", "k")
+	plain := filepath.Join(pe.dir, "plain.txt")
+	require.NoError(t, os.WriteFile(plain, []byte("a message for the prompt test\n"), 0o600))
+	msg := filepath.Join(pe.dir, "msg.cms")
+	runOK(t, pe, env, "encrypt", "--kek", "k", "-i", plain, "-o", msg)
+
+	in, err := os.Open(msg)
+	require.NoError(t, err)
+	defer in.Close()
+	out := filepath.Join(pe.dir, "out.txt")
+	cmd, master, _, scr := startCtty(t, pe, pe.env, in, "decrypt", "-o", out)
+	scr.wait(t, "PIN for token \"prompt\": ")
+	_, err = master.Write([]byte(pe.userPIN + "\r"))
+	require.NoError(t, err)
+	require.NoError(t, cmd.Wait(), "%s", scr.String())
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "a message for the prompt test\n", string(got))
+	assert.NotContains(t, scr.String(), pe.userPIN, "the PIN is not echoed")
+
+	_, err = in.Seek(0, io.SeekStart)
+	require.NoError(t, err)
+	cmd, master, _, scr = startCtty(t, pe, pe.env, in, "decrypt", "-o", out+".2")
+	scr.wait(t, "PIN for token \"prompt\": ")
+	_, err = master.Write([]byte("not-the-pin\r"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, exitCode(t, cmd.Wait()))
+	scr.wait(t, "hsmkeys: hint:")
+	assert.Contains(t, scr.String(), "hsmkeys: hint: the user PIN typed at the prompt was refused: run the command again and type it carefully")
+	assert.NotContains(t, scr.String(), "HSMKEYS_PIN")
+	assert.NotContains(t, scr.String(), "not-the-pin")
+}
+
+// Ctrl-C at the PIN prompt: exit 130, the terminal's echo back on.
+func TestInterruptAtPrompt(t *testing.T) {
+	pe := setupPromptToken(t)
+	cmd, master, tty, scr := startCtty(t, pe, pe.env, nil, "selftest")
+	scr.wait(t, "PIN for token \"prompt\": ")
+	st, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	require.NoError(t, err)
+	require.Zero(t, st.Lflag&unix.ECHO, "no echo while the PIN is asked for")
+	_, err = master.Write([]byte{3}) // ^C: SIGINT from the terminal's line discipline
+	require.NoError(t, err)
+	assert.Equal(t, 130, exitCode(t, cmd.Wait()), "%s", scr.String())
+	scr.wait(t, "hsmkeys: error: interrupted")
+	st, err = unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	require.NoError(t, err)
+	assert.NotZero(t, st.Lflag&unix.ECHO, "echo restored")
+}
+
+// Ctrl-C while encrypting to a file: exit 130, the old file as it was,
+// nothing else in its directory. The input is a FIFO the test keeps open,
+// so the command is still at work when the signal comes.
+func TestInterruptLeavesNothing(t *testing.T) {
+	pe := setupPromptToken(t)
+	env := withPINFiles(pe)
+	runOK(t, pe, env, "kek", "create", "--label", "k")
+	outDir := filepath.Join(pe.dir, "out")
+	require.NoError(t, os.Mkdir(outDir, 0o700))
+	out := filepath.Join(outDir, "msg.cms")
+	require.NoError(t, os.WriteFile(out, []byte("the previous content"), 0o600))
+	fifo := filepath.Join(pe.dir, "in.fifo")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	w, err := os.OpenFile(fifo, os.O_RDWR, 0) // O_RDWR: opening does not wait for the reader
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Write(bytes.Repeat([]byte("x"), 64<<10))
+	require.NoError(t, err)
+
+	cmd, master, _, scr := startCtty(t, pe, env, nil, "encrypt", "--kek", "k", "-i", fifo, "-o", out)
+	// The output is open (an unnamed O_TMPFILE in outDir: "/out/#123 (deleted)").
+	fdDir := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/fd"
+	waitUntil(t, "the output file to be open", func() bool {
+		ents, _ := os.ReadDir(fdDir)
+		for _, e := range ents {
+			if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && strings.HasPrefix(l, outDir+"/") && l != out {
+				return true
+			}
+		}
+		return false
+	})
+	_, err = master.Write([]byte{3})
+	require.NoError(t, err)
+	assert.Equal(t, 130, exitCode(t, cmd.Wait()), "%s", scr.String())
+	ents, err := os.ReadDir(outDir)
+	require.NoError(t, err)
+	require.Len(t, ents, 1, "nothing but the old output is left")
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "the previous content", string(got))
+}
+
+// The progress line is cleared before output goes to the same terminal,
+// and the run ends with a one-line summary. stdin is a file, so the size
+// is unknown and progress shows from the first read.
+func TestProgressEndsBeforeOutput(t *testing.T) {
+	pe := setupPromptToken(t)
+	env := withPINFiles(pe)
+	runOK(t, pe, env, "kek", "create", "--label", "k")
+	plain := filepath.Join(pe.dir, "plain")
+	require.NoError(t, os.WriteFile(plain, bytes.Repeat([]byte("0123456789abcdef"), 16<<10), 0o600)) // 256 KiB
+	in, err := os.Open(plain)
+	require.NoError(t, err)
+	defer in.Close()
+	cmd, _, _, scr := startCtty(t, pe, env, in, "encrypt", "--kek", "k", "--pem")
+	require.NoError(t, cmd.Wait(), "%s", scr.String())
+	scr.wait(t, "-----END CMS-----")
+	scr.wait(t, "/s)\r\n")
+	s := scr.String()
+	assert.Contains(t, s, "hsmkeys: encrypting ", "progress was shown")
+	assert.Regexp(t, `(^|\r\n|\r\x1b\[K)-----BEGIN CMS-----`, s, "the output starts at the start of a line")
+	assert.NotRegexp(t, `(MiB|KiB|B/s)-----BEGIN`, s, "no output on the progress line")
+	assert.Regexp(t, `-----END CMS-----\r\n(\r\x1b\[K)?hsmkeys: encrypted 256\.0 KiB in [0-9.]+m?s \([0-9.]+ [KMG]?i?B/s\)\r\n$`, s, "a one-line summary at the end")
+}
+
+// Decrypting a large file names its passes and sums up.
+func TestProgressNamesDecryptPass(t *testing.T) {
+	if testing.Short() {
+		t.Skip("encrypts 33 MiB")
+	}
+	pe := setupPromptToken(t)
+	env := withPINFiles(pe)
+	runOK(t, pe, env, "kek", "create", "--label", "k")
+	plain := filepath.Join(pe.dir, "plain")
+	require.NoError(t, os.WriteFile(plain, make([]byte, largeFile+1<<20), 0o600))
+	msg := filepath.Join(pe.dir, "msg.cms")
+	runOK(t, pe, env, "encrypt", "--kek", "k", "-i", plain, "-o", msg)
+	cmd, _, _, scr := startCtty(t, pe, env, nil, "decrypt", "-i", msg, "-o", filepath.Join(pe.dir, "out"))
+	require.NoError(t, cmd.Wait(), "%s", scr.String())
+	scr.wait(t, "/s)\r\n")
+	s := scr.String()
+	assert.Regexp(t, `hsmkeys: verifying +[0-9]+%  [0-9.]+ [KMG]?i?B of 33\.0 MiB  [0-9.]+ [KMG]?i?B/s  ETA `, s)
+	assert.Regexp(t, regexp.MustCompile(`\r\x1b\[Khsmkeys: decrypted 33\.0 MiB in [0-9.]+m?s \(`), s)
+}
+
+// The CLI keeps the PIN out of core dumps (issue 11): RLIMIT_CORE is 0 and
+// the process is not dumpable. A non-dumpable process's /proc files belong
+// to root, so the test runs hsmkeys as nobody (it needs root for that).
+func TestNoCoreDumps(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run hsmkeys as another user")
+	}
+	dir := t.TempDir()
+	require.NoError(t, os.Chmod(dir, 0o777))
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	bin := filepath.Join(dir, "hsmkeys")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.NoError(t, os.Chmod(bin, 0o755))
+	// decrypt spools stdin before it opens a token: it waits on the pipe.
+	cmd := exec.Command(bin, "decrypt")
+	cmd.Env = []string{"TMPDIR=" + dir, "PATH=/usr/bin:/bin"}
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	defer stdin.Close()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	require.NoError(t, cmd.Start())
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitUntil(t, "the input spool", func() bool {
+		m, _ := filepath.Glob(filepath.Join(dir, "hsmkeys-in-*"))
+		return len(m) > 0
+	})
+	limits, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/limits")
+	require.NoError(t, err)
+	assert.Regexp(t, `(?m)^Max core file size +0 +0 +bytes`, string(limits))
+	var st unix.Stat_t
+	require.NoError(t, unix.Stat("/proc/"+strconv.Itoa(cmd.Process.Pid)+"/status", &st))
+	assert.Equal(t, uint32(0), st.Uid, "a process of nobody whose /proc files are root's is not dumpable")
+}

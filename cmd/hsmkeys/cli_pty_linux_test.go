@@ -23,11 +23,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// waitUntil polls cond until it holds; only the test's deadline ends it.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+// waitUntil polls cond until it holds, or fails once exited is closed
+// (the program ended) and cond still does not hold; otherwise only the
+// test's deadline ends it.
+func waitUntil(t *testing.T, what string, exited <-chan struct{}, cond func() bool) {
 	t.Helper()
 	deadline, ok := t.Deadline()
 	for !cond() {
+		select {
+		case <-exited:
+			if cond() {
+				return
+			}
+			t.Fatalf("the program ended before %s", what)
+		default:
+		}
 		if ok && time.Until(deadline) < 5*time.Second {
 			t.Fatalf("gave up waiting for %s near the test's deadline", what)
 		}
@@ -35,9 +45,31 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// ptyRun is the binary running on a pseudo-terminal.
+type ptyRun struct {
+	cmd    *exec.Cmd
+	master *os.File // the test's side
+	tty    *os.File // the program's side
+	scr    *screen
+	exited chan struct{} // closed when the program has ended
+	err    error         // its exit, once exited is closed
+}
+
+// wait is the program's exit.
+func (r *ptyRun) wait() error {
+	<-r.exited
+	return r.err
+}
+
+// waitFor waits for text on the terminal.
+func (r *ptyRun) waitFor(t *testing.T, text string) {
+	t.Helper()
+	waitUntil(t, strconv.Quote(text)+" on the terminal (it shows "+strconv.Quote(r.scr.String())+")", r.exited, func() bool { return strings.Contains(r.scr.String(), text) })
+}
+
 // startCtty runs the binary with the pseudo-terminal as its controlling
 // terminal, stdout and stderr, and stdin as given (nil: the terminal).
-func startCtty(t *testing.T, pe promptEnv, env []string, stdin io.Reader, args ...string) (*exec.Cmd, *os.File, *os.File, *screen) {
+func startCtty(t *testing.T, pe promptEnv, env []string, stdin io.Reader, args ...string) *ptyRun {
 	t.Helper()
 	master, tty := ptyPair(t)
 	cmd := exec.Command(pe.bin, args...)
@@ -48,25 +80,28 @@ func startCtty(t *testing.T, pe promptEnv, env []string, stdin io.Reader, args .
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 2} // stderr's descriptor is the terminal
 	require.NoError(t, cmd.Start())
-	scr := &screen{}
+	r := &ptyRun{cmd: cmd, master: master, tty: tty, scr: &screen{}, exited: make(chan struct{})}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-r.exited
+	})
+	go func() {
+		r.err = cmd.Wait()
+		close(r.exited)
+	}()
 	go func() {
 		b := make([]byte, 64<<10)
 		for {
 			n, err := master.Read(b)
-			scr.mu.Lock()
-			scr.buf.Write(b[:n])
-			scr.mu.Unlock()
+			r.scr.mu.Lock()
+			r.scr.buf.Write(b[:n])
+			r.scr.mu.Unlock()
 			if err != nil {
 				return
 			}
 		}
 	}()
-	return cmd, master, tty, scr
-}
-
-func (s *screen) wait(t *testing.T, text string) {
-	t.Helper()
-	waitUntil(t, strconv.Quote(text)+" on the terminal", func() bool { return strings.Contains(s.String(), text) })
+	return r
 }
 
 func exitCode(t *testing.T, err error) int {
@@ -108,42 +143,42 @@ func TestPromptWithStdinRedirected(t *testing.T) {
 	require.NoError(t, err)
 	defer in.Close()
 	out := filepath.Join(pe.dir, "out.txt")
-	cmd, master, _, scr := startCtty(t, pe, pe.env, in, "decrypt", "-o", out)
-	scr.wait(t, "PIN for token \"prompt\": ")
-	_, err = master.Write([]byte(pe.userPIN + "\r"))
+	r := startCtty(t, pe, pe.env, in, "decrypt", "-o", out)
+	r.waitFor(t, "PIN for token \"prompt\": ")
+	_, err = r.master.Write([]byte(pe.userPIN + "\r"))
 	require.NoError(t, err)
-	require.NoError(t, cmd.Wait(), "%s", scr.String())
+	require.NoError(t, r.wait(), "%s", r.scr.String())
 	got, err := os.ReadFile(out)
 	require.NoError(t, err)
 	assert.Equal(t, "a message for the prompt test\n", string(got))
-	assert.NotContains(t, scr.String(), pe.userPIN, "the PIN is not echoed")
+	assert.NotContains(t, r.scr.String(), pe.userPIN, "the PIN is not echoed")
 
 	_, err = in.Seek(0, io.SeekStart)
 	require.NoError(t, err)
-	cmd, master, _, scr = startCtty(t, pe, pe.env, in, "decrypt", "-o", out+".2")
-	scr.wait(t, "PIN for token \"prompt\": ")
-	_, err = master.Write([]byte("not-the-pin\r"))
+	r = startCtty(t, pe, pe.env, in, "decrypt", "-o", out+".2")
+	r.waitFor(t, "PIN for token \"prompt\": ")
+	_, err = r.master.Write([]byte("not-the-pin\r"))
 	require.NoError(t, err)
-	assert.Equal(t, 1, exitCode(t, cmd.Wait()))
-	scr.wait(t, "hsmkeys: hint:")
-	assert.Contains(t, scr.String(), "hsmkeys: hint: the user PIN typed at the prompt was refused: run the command again and type it carefully")
-	assert.NotContains(t, scr.String(), "HSMKEYS_PIN")
-	assert.NotContains(t, scr.String(), "not-the-pin")
+	assert.Equal(t, 1, exitCode(t, r.wait()))
+	r.waitFor(t, "hsmkeys: hint:")
+	assert.Contains(t, r.scr.String(), "hsmkeys: hint: the user PIN typed at the prompt was refused: run the command again and type it carefully")
+	assert.NotContains(t, r.scr.String(), "HSMKEYS_PIN")
+	assert.NotContains(t, r.scr.String(), "not-the-pin")
 }
 
 // Ctrl-C at the PIN prompt: exit 130, the terminal's echo back on.
 func TestInterruptAtPrompt(t *testing.T) {
 	pe := setupPromptToken(t)
-	cmd, master, tty, scr := startCtty(t, pe, pe.env, nil, "selftest")
-	scr.wait(t, "PIN for token \"prompt\": ")
-	st, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	r := startCtty(t, pe, pe.env, nil, "selftest")
+	r.waitFor(t, "PIN for token \"prompt\": ")
+	st, err := unix.IoctlGetTermios(int(r.tty.Fd()), unix.TCGETS)
 	require.NoError(t, err)
 	require.Zero(t, st.Lflag&unix.ECHO, "no echo while the PIN is asked for")
-	_, err = master.Write([]byte{3}) // ^C: SIGINT from the terminal's line discipline
+	_, err = r.master.Write([]byte{3}) // ^C: SIGINT from the terminal's line discipline
 	require.NoError(t, err)
-	assert.Equal(t, 130, exitCode(t, cmd.Wait()), "%s", scr.String())
-	scr.wait(t, "hsmkeys: error: interrupted")
-	st, err = unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	assert.Equal(t, 130, exitCode(t, r.wait()), "%s", r.scr.String())
+	r.waitFor(t, "hsmkeys: error: interrupted")
+	st, err = unix.IoctlGetTermios(int(r.tty.Fd()), unix.TCGETS)
 	require.NoError(t, err)
 	assert.NotZero(t, st.Lflag&unix.ECHO, "echo restored")
 }
@@ -167,10 +202,10 @@ func TestInterruptLeavesNothing(t *testing.T) {
 	_, err = w.Write(bytes.Repeat([]byte("x"), 64<<10))
 	require.NoError(t, err)
 
-	cmd, master, _, scr := startCtty(t, pe, env, nil, "encrypt", "--kek", "k", "-i", fifo, "-o", out)
+	r := startCtty(t, pe, env, nil, "encrypt", "--kek", "k", "-i", fifo, "-o", out)
 	// The output is open (an unnamed O_TMPFILE in outDir: "/out/#123 (deleted)").
-	fdDir := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/fd"
-	waitUntil(t, "the output file to be open", func() bool {
+	fdDir := "/proc/" + strconv.Itoa(r.cmd.Process.Pid) + "/fd"
+	waitUntil(t, "the output file to be open", r.exited, func() bool {
 		ents, _ := os.ReadDir(fdDir)
 		for _, e := range ents {
 			if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && strings.HasPrefix(l, outDir+"/") && l != out {
@@ -179,9 +214,9 @@ func TestInterruptLeavesNothing(t *testing.T) {
 		}
 		return false
 	})
-	_, err = master.Write([]byte{3})
+	_, err = r.master.Write([]byte{3})
 	require.NoError(t, err)
-	assert.Equal(t, 130, exitCode(t, cmd.Wait()), "%s", scr.String())
+	assert.Equal(t, 130, exitCode(t, r.wait()), "%s", r.scr.String())
 	ents, err := os.ReadDir(outDir)
 	require.NoError(t, err)
 	require.Len(t, ents, 1, "nothing but the old output is left")
@@ -202,11 +237,11 @@ func TestProgressEndsBeforeOutput(t *testing.T) {
 	in, err := os.Open(plain)
 	require.NoError(t, err)
 	defer in.Close()
-	cmd, _, _, scr := startCtty(t, pe, env, in, "encrypt", "--kek", "k", "--pem")
-	require.NoError(t, cmd.Wait(), "%s", scr.String())
-	scr.wait(t, "-----END CMS-----")
-	scr.wait(t, "/s)\r\n")
-	s := scr.String()
+	r := startCtty(t, pe, env, in, "encrypt", "--kek", "k", "--pem")
+	require.NoError(t, r.wait(), "%s", r.scr.String())
+	r.waitFor(t, "-----END CMS-----")
+	r.waitFor(t, "/s)\r\n")
+	s := r.scr.String()
 	assert.Contains(t, s, "hsmkeys: encrypting ", "progress was shown")
 	assert.Regexp(t, `(^|\r\n|\r\x1b\[K)-----BEGIN CMS-----`, s, "the output starts at the start of a line")
 	assert.NotRegexp(t, `(MiB|KiB|B/s)-----BEGIN`, s, "no output on the progress line")
@@ -225,10 +260,10 @@ func TestProgressNamesDecryptPass(t *testing.T) {
 	require.NoError(t, os.WriteFile(plain, make([]byte, largeFile+1<<20), 0o600))
 	msg := filepath.Join(pe.dir, "msg.cms")
 	runOK(t, pe, env, "encrypt", "--kek", "k", "-i", plain, "-o", msg)
-	cmd, _, _, scr := startCtty(t, pe, env, nil, "decrypt", "-i", msg, "-o", filepath.Join(pe.dir, "out"))
-	require.NoError(t, cmd.Wait(), "%s", scr.String())
-	scr.wait(t, "/s)\r\n")
-	s := scr.String()
+	r := startCtty(t, pe, env, nil, "decrypt", "-i", msg, "-o", filepath.Join(pe.dir, "out"))
+	require.NoError(t, r.wait(), "%s", r.scr.String())
+	r.waitFor(t, "/s)\r\n")
+	s := r.scr.String()
 	assert.Regexp(t, `hsmkeys: verifying +[0-9]+%  [0-9.]+ [KMG]?i?B of 33\.0 MiB  [0-9.]+ [KMG]?i?B/s  ETA `, s)
 	assert.Regexp(t, regexp.MustCompile(`\r\x1b\[Khsmkeys: decrypted 33\.0 MiB in [0-9.]+m?s \(`), s)
 }
@@ -255,8 +290,10 @@ func TestNoCoreDumps(t *testing.T) {
 	defer stdin.Close()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	require.NoError(t, cmd.Start())
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	waitUntil(t, "the input spool", func() bool {
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	defer func() { _ = cmd.Process.Kill(); <-exited }()
+	waitUntil(t, "the input spool", exited, func() bool {
 		m, _ := filepath.Glob(filepath.Join(dir, "hsmkeys-in-*"))
 		return len(m) > 0
 	})

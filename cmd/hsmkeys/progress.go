@@ -252,7 +252,7 @@ func (r *countingReader) report(n int) {
 	}
 	r.mu.Lock()
 	if r.passStart.IsZero() {
-		r.passStart = time.Now()
+		r.passStart = r.p.start // the first pass: since the command began
 	}
 	name, per, i := r.verb, r.total, 0
 	if len(r.passes) > 0 && r.total > 0 {

@@ -45,6 +45,9 @@ func waitUntil(t *testing.T, what string, exited <-chan struct{}, cond func() bo
 	}
 }
 
+// endMarker follows the program's output once it has ended.
+const endMarker = "\x00hsmkeys-test-end\x00"
+
 // ptyRun is the binary running on a pseudo-terminal.
 type ptyRun struct {
 	cmd    *exec.Cmd
@@ -99,6 +102,17 @@ func startCtty(t *testing.T, pe promptEnv, env []string, stdin io.Reader, args .
 	})
 	go func() {
 		r.err = cmd.Wait()
+		// Everything the program wrote is in the terminal's queue; a
+		// marker written after it shows when the test has read it all.
+		_, _ = tty.Write([]byte(endMarker))
+		for !strings.Contains(r.scr.String(), endMarker) {
+			time.Sleep(time.Millisecond)
+		}
+		r.scr.mu.Lock()
+		b := bytes.Replace(r.scr.buf.Bytes(), []byte(endMarker), nil, 1)
+		r.scr.buf.Reset()
+		r.scr.buf.Write(b)
+		r.scr.mu.Unlock()
 		close(r.exited)
 	}()
 	go func() {

@@ -60,6 +60,10 @@ func (c *cli) promptPIN(what string) provider.PINPrompt {
 		if err != nil {
 			return nil, err
 		}
+		// Echo goes off before the prompt shows: a PIN typed as soon as
+		// the prompt appears (or typed ahead) is never echoed.
+		echoOff(fd)
+		defer func() { _ = term.Restore(fd, state) }()
 		fmt.Fprintf(tty, "hsmkeys: %s for token %q: ", what, t.Label)
 		type result struct {
 			pin []byte

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package main
+
+// echoOff: term.ReadPassword turns the echo off.
+func echoOff(int) {}

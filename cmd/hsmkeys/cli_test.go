@@ -106,3 +106,10 @@ func TestOutputEndsProgressLine(t *testing.T) {
 	tl.end()
 	assert.True(t, strings.HasSuffix(screen.String(), "3.0 MiB\r\033[K"))
 }
+
+func TestProgressFiles(t *testing.T) {
+	var screen strings.Builder
+	p := &progress{t: &termLine{w: &screen}, on: true, start: time.Now().Add(-time.Second)}
+	p.files("rewrapped", 3, 10)
+	assert.Regexp(t, `^\r\x1b\[Khsmkeys: rewrapped 3 of 10 files  30%  [0-9.]+ files/s  ETA [0-9]+:[0-9]{2}$`, screen.String())
+}

@@ -160,6 +160,28 @@ func (p *progress) bytes(pass string, done, total int64, passStart time.Time) {
 	p.t.draw(progressText(pass, done, total, time.Since(passStart)))
 }
 
+// files shows a batch: "hsmkeys: rewrapped 3 of 10 files  30%  2.1 files/s
+// ETA 0:03".
+func (p *progress) files(verb string, done, total int) {
+	if p == nil || !p.on {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.due() && done != total {
+		return
+	}
+	el := time.Since(p.start).Seconds()
+	rate, eta := 0.0, "--:--"
+	if el > 0 {
+		rate = float64(done) / el
+	}
+	if rate > 0 {
+		eta = clock(time.Duration(float64(total-done) / rate * float64(time.Second)))
+	}
+	p.t.draw(fmt.Sprintf("hsmkeys: %s %d of %d files %3.0f%%  %.1f files/s  ETA %s", verb, done, total, float64(done)*100/float64(max(total, 1)), rate, eta))
+}
+
 // progressText is the progress line: "hsmkeys: decrypting  45%  512.0 MiB
 // of 1.1 GiB  98.3 MiB/s  ETA 0:06".
 func progressText(pass string, done, total int64, elapsed time.Duration) string {

@@ -251,6 +251,33 @@ func TestInterruptLeavesNothing(t *testing.T) {
 	assert.Equal(t, "the previous content", string(got))
 }
 
+// Ctrl-C while decrypt spools stdin (a pipe: read at random offsets
+// later) to a temporary file: exit 130 and the spool is gone.
+func TestInterruptRemovesSpool(t *testing.T) {
+	pe := setupPromptToken(t)
+	tmp := filepath.Join(pe.dir, "tmp")
+	require.NoError(t, os.Mkdir(tmp, 0o700))
+	fifo := filepath.Join(pe.dir, "spool.fifo")
+	require.NoError(t, unix.Mkfifo(fifo, 0o600))
+	in, err := os.OpenFile(fifo, os.O_RDWR, 0) // the writer stays open: the read never ends
+	require.NoError(t, err)
+	defer in.Close()
+	_, err = in.Write([]byte("not yet a whole message"))
+	require.NoError(t, err)
+	r := startCtty(t, pe, append(withPINFiles(pe), "TMPDIR="+tmp), in, "decrypt", "-o", filepath.Join(pe.dir, "out"))
+	waitUntil(t, "the spool file", r.exited, func() bool {
+		ents, _ := os.ReadDir(tmp)
+		return len(ents) > 0
+	})
+	_, err = r.master.Write([]byte{3})
+	require.NoError(t, err)
+	assert.Equal(t, 130, exitCode(t, r.wait()), "%q", r.tail())
+	ents, err := os.ReadDir(tmp)
+	require.NoError(t, err)
+	assert.Empty(t, ents, "the spool is removed")
+	assert.NoFileExists(t, filepath.Join(pe.dir, "out"))
+}
+
 // The progress line is cleared before output goes to the same terminal,
 // and the run ends with a one-line summary. stdin is a file, so the size
 // is unknown and progress shows from the first read.

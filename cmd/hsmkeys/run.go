@@ -183,8 +183,22 @@ func (c *cli) dispatchIn(ctx context.Context, group string, cmds []*command, arg
 		where = group + " subcommand"
 	}
 	hint := fmt.Sprintf("run 'hsmkeys %s' for the list", join("help", group))
-	if strings.HasPrefix(name, "-") {
-		return &usageError{msg: fmt.Sprintf("%s before the subcommand: flags come after it ('hsmkeys %s SUBCOMMAND %s')", name, group, name), hint: hint}
+	if strings.HasPrefix(name, "-") && group != "" {
+		// Global flags between a group and its subcommand: "hsmkeys kek
+		// --token x list".
+		fs := flag.NewFlagSet(group, flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.addGlobals(fs, false)
+		if err := fs.Parse(args); err != nil {
+			return flagError(fs, group, args, err)
+		}
+		if err := c.noteGlobals(fs); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return &usageError{msg: fmt.Sprintf("hsmkeys %s needs a subcommand", group), hint: fmt.Sprintf("run 'hsmkeys %s --help' for its subcommands", group)}
+		}
+		return c.dispatchIn(ctx, group, cmds, fs.Args())
 	}
 	names := []string{"help"}
 	for _, cmd := range cmds {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -13,14 +14,46 @@ import (
 
 var update = flag.Bool("update", false, "rewrite docs/hsmkeys.1 and README's command table from the command definitions")
 
-// readmeTable is README's command table, made from the command definitions.
-func readmeTable() string {
+// readmeTable is README's command table: one row per command, in the
+// order of the help, its usage from the command's definition; the second
+// column is README's own words (kept from desc), or the command's summary
+// for a command README does not describe yet.
+func readmeTable(desc map[string]string) string {
 	var b strings.Builder
 	b.WriteString("| command | what it does |\n| --- | --- |\n")
 	for _, cd := range allCommands() {
-		b.WriteString("| `" + strings.ReplaceAll(cd.spec.usage, "|", `\|`) + "` | " + strings.ReplaceAll(cd.summary, "|", `\|`) + " |\n")
+		d, ok := desc[cd.path]
+		if !ok {
+			d = strings.ReplaceAll(cd.summary, "|", `\|`)
+		}
+		b.WriteString("| `" + strings.ReplaceAll(cd.spec.usage, "|", `\|`) + "` | " + d + " |\n")
 	}
 	return b.String()
+}
+
+var tableRow = regexp.MustCompile("^\\| `(.+?)` \\| (.*) \\|$")
+
+// readmeDescriptions reads the second column of README's table, by command.
+func readmeDescriptions(table string) map[string]string {
+	paths := map[string]bool{}
+	for _, cd := range allCommands() {
+		paths[cd.path] = true
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(table, "\n") {
+		m := tableRow.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		f := strings.Fields(m[1])
+		for n := min(2, len(f)); n > 0; n-- {
+			if p := strings.Join(f[:n], " "); paths[p] {
+				out[p] = m[2]
+				break
+			}
+		}
+	}
+	return out
 }
 
 const (
@@ -45,12 +78,14 @@ func TestDocsCurrent(t *testing.T) {
 	s := string(b)
 	i, j := strings.Index(s, tableStart), strings.Index(s, tableEnd)
 	require.True(t, i >= 0 && j > i, "README.md has no generated command table (markers %q ... %q)", tableStart, tableEnd)
+	table := s[i+len(tableStart) : j]
+	want := readmeTable(readmeDescriptions(table))
 	if *update {
-		s = s[:i+len(tableStart)] + readmeTable() + s[j:]
+		s = s[:i+len(tableStart)] + want + s[j:]
 		require.NoError(t, os.WriteFile(readme, []byte(s), 0o644))
-		j = strings.Index(s, tableEnd)
+		table = want
 	}
-	assert.Equal(t, readmeTable(), s[i+len(tableStart):j], "README's command table is not current: go test ./cmd/hsmkeys -run TestDocsCurrent -update")
+	assert.Equal(t, want, table, "README's command table does not match the commands (each command once, in the help's order, with its usage): go test ./cmd/hsmkeys -run TestDocsCurrent -update")
 }
 
 // Every command is in the help, the man page and each completion script.

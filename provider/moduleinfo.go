@@ -29,7 +29,7 @@ func ModuleInfoOf(cfg Config) (ModuleInfo, error) {
 		return ModuleInfo{}, mapErr(err)
 	}
 	defer mod.Release()
-	in, err := mod.Info()
+	in, err := mod.CKInfo()
 	if err != nil {
 		return ModuleInfo{}, mapErr(err)
 	}

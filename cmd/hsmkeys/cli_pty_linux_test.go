@@ -140,6 +140,19 @@ func exitCode(t *testing.T, err error) int {
 	return ee.ExitCode()
 }
 
+// openIn reports whether process pid has a file in dir open, other than
+// except: named, or unnamed (O_TMPFILE: "dir/#123 (deleted)").
+func openIn(pid int, dir, except string) bool {
+	fdDir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, _ := os.ReadDir(fdDir)
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && strings.HasPrefix(l, dir+"/") && l != except {
+			return true
+		}
+	}
+	return false
+}
+
 // withPINFiles is env with the PINs in files (no prompt).
 func withPINFiles(pe promptEnv) []string {
 	return append(pe.env[:len(pe.env):len(pe.env)], "HSMKEYS_PIN_FILE="+filepath.Join(pe.dir, "user.pin"), "HSMKEYS_SO_PIN_FILE="+filepath.Join(pe.dir, "so.pin"))
@@ -230,16 +243,7 @@ func TestInterruptLeavesNothing(t *testing.T) {
 
 	r := startCtty(t, pe, env, nil, "encrypt", "--kek", "k", "-i", fifo, "-o", out)
 	// The output is open (an unnamed O_TMPFILE in outDir: "/out/#123 (deleted)").
-	fdDir := "/proc/" + strconv.Itoa(r.cmd.Process.Pid) + "/fd"
-	waitUntil(t, "the output file to be open", r.exited, func() bool {
-		ents, _ := os.ReadDir(fdDir)
-		for _, e := range ents {
-			if l, err := os.Readlink(filepath.Join(fdDir, e.Name())); err == nil && strings.HasPrefix(l, outDir+"/") && l != out {
-				return true
-			}
-		}
-		return false
-	})
+	waitUntil(t, "the output file to be open", r.exited, func() bool { return openIn(r.cmd.Process.Pid, outDir, out) })
 	_, err = r.master.Write([]byte{3})
 	require.NoError(t, err)
 	assert.Equal(t, 130, exitCode(t, r.wait()), "%q", r.tail())
@@ -265,10 +269,8 @@ func TestInterruptRemovesSpool(t *testing.T) {
 	_, err = in.Write([]byte("not yet a whole message"))
 	require.NoError(t, err)
 	r := startCtty(t, pe, append(withPINFiles(pe), "TMPDIR="+tmp), in, "decrypt", "-o", filepath.Join(pe.dir, "out"))
-	waitUntil(t, "the spool file", r.exited, func() bool {
-		ents, _ := os.ReadDir(tmp)
-		return len(ents) > 0
-	})
+	// The spool is open: named or not ("/tmp/#123 (deleted)", O_TMPFILE).
+	waitUntil(t, "the spool file to be open", r.exited, func() bool { return openIn(r.cmd.Process.Pid, tmp, "") })
 	_, err = r.master.Write([]byte{3})
 	require.NoError(t, err)
 	assert.Equal(t, 130, exitCode(t, r.wait()), "%q", r.tail())

@@ -347,10 +347,7 @@ func TestNoCoreDumps(t *testing.T) {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	defer func() { _ = cmd.Process.Kill(); <-exited }()
-	waitUntil(t, "the input spool", exited, func() bool {
-		m, _ := filepath.Glob(filepath.Join(dir, "hsmkeys-in-*"))
-		return len(m) > 0
-	})
+	waitUntil(t, "the input spool", exited, func() bool { return openIn(cmd.Process.Pid, dir, "") })
 	limits, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/limits")
 	require.NoError(t, err)
 	assert.Regexp(t, `(?m)^Max core file size +0 +0 +bytes`, string(limits))

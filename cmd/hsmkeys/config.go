@@ -190,10 +190,10 @@ func (c *cli) pinFromEnv(what, env, envFile string) (provider.PINSource, error) 
 	if f := os.Getenv(envFile); f != "" {
 		return provider.PINFile(f), nil // an unreadable file is an error there, never an empty PIN
 	}
-	if c.stdinIsTerminal() {
-		return promptPIN(what), nil
+	if canPrompt() {
+		return c.promptPIN(what), nil
 	}
-	return nil, fmt.Errorf("%w: no %s given (and stdin is not a terminal to ask on)", provider.ErrPINSource, what)
+	return nil, fmt.Errorf("%w: no %s given (and no terminal to ask on)", provider.ErrPINSource, what)
 }
 
 // initPIN is a PIN source for init-token: files or variables only, since

@@ -100,7 +100,7 @@ func (c *cli) cmdEncrypt(ctx context.Context, args []string) error {
 	}
 	defer o.abort()
 	prog := c.newProgress()
-	counted := &countingReader{r: src, total: size, verb: "encrypted", p: prog}
+	counted := &countingReader{r: src, total: size, verb: "encrypting", p: prog}
 	if size >= 0 && size < largeFile {
 		counted.p = nil
 	}
@@ -113,6 +113,7 @@ func (c *cli) cmdEncrypt(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	prog.finish("encrypted", counted.n.Load())
 	if c.json {
 		return c.writeJSON(map[string]any{"file": *out, "bytes_in": counted.n.Load(), "bytes_out": w.n,
 			"format": formatName(armor.pem), "keks": keksToJSON(keks), "context": nonNil(ectx)})
@@ -165,7 +166,7 @@ func (c *cli) cmdDecrypt(ctx context.Context, args []string) error {
 	if size < largeFile {
 		prog = nil
 	}
-	counted := &countingReaderAt{ra: src, c: &countingReader{total: size * 2, verb: "read (two passes)", p: prog}}
+	counted := &countingReaderAt{ra: src, c: &countingReader{total: size * 2, passes: []string{"verifying", "decrypting"}, p: prog}}
 	w := &countingWriter{w: o}
 	err = p.Decrypt(ctx, w, counted, size, provider.Options{Context: ectx})
 	prog.clear()
@@ -180,6 +181,7 @@ func (c *cli) cmdDecrypt(ctx context.Context, args []string) error {
 	if err != nil {
 		return kekNotFound(err)
 	}
+	prog.finish("decrypted", size)
 	if c.json {
 		return c.writeJSON(map[string]any{"file": *out, "bytes": w.n})
 	}

@@ -41,30 +41,45 @@ func withHint(err error, format string, a ...any) error {
 	return &hinted{err: err, hint: fmt.Sprintf(format, a...)}
 }
 
-// fail prints err as "hsmkeys: error: ..." with a hint where one helps, and
-// returns the exit status.
+// fail prints err as "hsmkeys: error: ..." with a hint where one helps,
+// writes the --json document (success or failure), and returns the exit
+// status.
 func (c *cli) fail(err error) int {
-	switch {
-	case err == nil, errors.Is(err, errHelpShown):
+	c.endLine()
+	if err == nil || errors.Is(err, errHelpShown) {
+		if err == nil {
+			c.emitJSON(nil, nil, exitOK)
+		}
 		return exitOK
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(c.stderr, "hsmkeys: error: interrupted; no partial output was left behind")
-		return exitFail
+	}
+	if sig := c.sig.Load(); sig != 0 || errors.Is(err, context.Canceled) {
+		code := exitFail
+		if sig != 0 {
+			code = 128 + int(sig) // 130 for SIGINT, as shells report it
+		}
+		msg := "interrupted; no partial output was left behind"
+		fmt.Fprintln(c.stderr, "hsmkeys: error: "+msg)
+		c.emitJSON(errors.New(msg), nil, code)
+		return code
 	}
 	fmt.Fprintf(c.stderr, "hsmkeys: error: %v\n", err)
+	code := exitFail
+	var hs []string
 	var ue *usageError
 	if errors.As(err, &ue) {
 		h := ue.hint
 		if h == "" {
 			h = "run 'hsmkeys help' for usage"
 		}
-		fmt.Fprintf(c.stderr, "hsmkeys: hint: %s\n", h)
-		return exitUsage
+		hs, code = []string{h}, exitUsage
+	} else {
+		hs = c.hints(err)
 	}
-	for _, h := range hints(err) {
+	for _, h := range hs {
 		fmt.Fprintf(c.stderr, "hsmkeys: hint: %s\n", h)
 	}
-	return exitFail
+	c.emitJSON(err, hs, code)
+	return code
 }
 
 // hints are the next steps for err: one a command attached, else the

@@ -20,30 +20,51 @@ type spec struct {
 type flags struct {
 	*flag.FlagSet
 	spec spec
+	// pin and soPIN: the command reads the user PIN, the SO PIN (its help
+	// lists --pin-file, --so-pin-file among its own flags).
+	pin, soPIN bool
 }
 
-// newFlags makes the flag set of a command. Every command accepts --json
-// after its name as well as before it.
+// newFlags makes the flag set of a command. Every command accepts the
+// global flags after its name as well as before it.
 func (c *cli) newFlags(s spec) *flags {
 	fs := flag.NewFlagSet(s.path, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.BoolVar(&c.json, "json", c.json, "one JSON document on stdout")
+	c.addGlobals(fs, false)
 	return &flags{FlagSet: fs, spec: s}
 }
 
-// pinFlags adds --pin-file (user) and, with so, --so-pin-file. The global
-// flags of the same names are their defaults.
+// pinFlags says the command reads the user PIN and, with so, the Security
+// Officer PIN: --pin-file and --so-pin-file (global flags) are shown among
+// its flags.
 func (c *cli) pinFlags(fs *flags, so bool) {
-	fs.StringVar(&c.pinFile, "pin-file", c.pinFile, "read the user PIN from `FILE` (first line)")
-	if so {
-		fs.StringVar(&c.soPINFile, "so-pin-file", c.soPINFile, "read the Security Officer PIN from `FILE` (first line)")
-	}
+	fs.pin = true
+	fs.soPIN = fs.soPIN || so
 }
 
 // parse parses args, letting flags and operands come in any order ("--"
 // ends the flags). --help prints the help and gives errHelpShown.
+//
+// In describe mode (help, completion, the man page) nothing is parsed: the
+// flag set is handed over and the command stops there, before any work.
 func (c *cli) parse(fs *flags, args []string) ([]string, error) {
+	if c.describe != nil {
+		c.describe(fs)
+		return nil, errDescribed
+	}
+	operands, err := c.parseFlags(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.noteGlobals(fs.FlagSet); err != nil {
+		return nil, err
+	}
+	return operands, nil
+}
+
+func (c *cli) parseFlags(fs *flags, all []string) ([]string, error) {
 	var operands []string
+	args := all
 	for {
 		err := fs.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
@@ -51,7 +72,7 @@ func (c *cli) parse(fs *flags, args []string) ([]string, error) {
 			return nil, errHelpShown
 		}
 		if err != nil {
-			return nil, usagef(fs.spec.path, "%v", err)
+			return nil, flagError(fs.FlagSet, fs.spec.path, all, err)
 		}
 		rest := fs.Args()
 		consumed := len(args) - len(rest)
@@ -79,17 +100,11 @@ func (fs *flags) help() string {
 	fmt.Fprintf(&b, "Usage:\n  hsmkeys [global flags] %s\n\n", fs.spec.usage)
 	b.WriteString(strings.TrimSpace(fs.spec.about))
 	b.WriteString("\n\nFlags:\n")
-	fs.VisitAll(func(f *flag.Flag) {
-		arg, usage := flag.UnquoteUsage(f)
-		name := "--" + f.Name
-		if len(f.Name) == 1 {
-			name = "-" + f.Name
+	for _, d := range describeFlags(fs) {
+		if !d.global {
+			fmt.Fprintf(&b, "  %-24s %s\n", d.synopsis(), d.usageWithDefault(true))
 		}
-		if arg != "" && !isBool(f) {
-			name += " " + arg
-		}
-		fmt.Fprintf(&b, "  %-24s %s\n", name, usage)
-	})
+	}
 	b.WriteString("  --help                   this help\n")
 	if fs.spec.examples != "" {
 		b.WriteString("\nExamples:\n")
@@ -97,7 +112,14 @@ func (fs *flags) help() string {
 			b.WriteString("  " + strings.TrimSpace(l) + "\n")
 		}
 	}
-	b.WriteString("\nGlobal flags (before the command): --module PATH, --token LABEL | --uri PKCS11-URI, --json.\n")
+	var gs []string
+	for _, g := range globalFlags {
+		if (g.name == "pin-file" && fs.pin) || (g.name == "so-pin-file" && fs.soPIN) {
+			continue
+		}
+		gs = append(gs, strings.TrimSpace(dashed(g.name)+" "+g.arg))
+	}
+	fmt.Fprintf(&b, "\nGlobal flags, before or after the command (defaults in 'hsmkeys help'):\n  %s\n", strings.Join(gs, ", "))
 	return b.String()
 }
 

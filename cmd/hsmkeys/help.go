@@ -23,27 +23,17 @@ Commands:
 			fmt.Fprintf(&b, "  %-20s %s\n", cmd.name+" "+sub.name, sub.summary)
 		}
 	}
-	b.WriteString(`
-Global flags:
-  --module PATH        the PKCS#11 library (default: p11-kit's proxy, p11-kit-proxy.so, which offers
-                       the modules p11-kit registers; never SoftHSM or a vendor's by itself)
-  --token LABEL        the token, by label
-  --uri PKCS11-URI     the module and token as an RFC 7512 URI; every attribute it names must match
-                       (module-name=softhsm2 as p11-kit names it; no pin-value: use pin-source=file:...)
-  --init-args STRING   passed to the module's C_Initialize (NSS softoken: "configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
-  --json               one JSON document on stdout, for scripts
-  --pin-file FILE      the user PIN, first line of FILE
-  --so-pin-file FILE   the Security Officer PIN, first line of FILE (kek create, import, import-public)
+	b.WriteString("\nGlobal flags (before or after the command):\n")
+	b.WriteString(globalHelp())
+	b.WriteString("  --version                the version of hsmkeys ('hsmkeys version')\n")
+	b.WriteString("\nEnvironment:\n")
+	for _, e := range environment {
+		fmt.Fprintf(&b, "  %-44s %s\n", e[0], e[1])
+	}
+	b.WriteString(`PINs never come from a flag value. With none of these, hsmkeys asks on the
+controlling terminal (/dev/tty, whatever stdin is), without echo.
 
-Environment:
-  HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_URI   defaults for --module, --token, --uri
-  HSMKEYS_INIT_ARGS                            default for --init-args
-  HSMKEYS_PIN, HSMKEYS_PIN_FILE                the user PIN, or a file holding it
-  HSMKEYS_SO_PIN, HSMKEYS_SO_PIN_FILE          the Security Officer PIN, or a file holding it
-PINs never come from a flag value. With none of these and stdin a terminal,
-hsmkeys asks on the terminal, without echo.
-
-Exit status: 0 success, 1 failure, 2 usage error.
+Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted (Ctrl-C).
 
 Examples:
   hsmkeys tokens
@@ -68,3 +58,28 @@ func groupHelp(group string, cmds []*command) string {
 	fmt.Fprintf(&b, "\nRun 'hsmkeys %s SUBCOMMAND --help' for its flags and examples.\n", group)
 	return b.String()
 }
+
+// environment is the variables hsmkeys reads, for the help and the man page.
+var environment = [][2]string{
+	{"HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_URI", "defaults for --module, --token, --uri"},
+	{"HSMKEYS_INIT_ARGS", "default for --init-args"},
+	{"HSMKEYS_PIN, HSMKEYS_PIN_FILE", "the user PIN, or a file holding it"},
+	{"HSMKEYS_SO_PIN, HSMKEYS_SO_PIN_FILE", "the Security Officer PIN, or a file holding it"},
+}
+
+const manDescription = `hsmkeys gives applications AES session keys kept inside a PKCS#11 token:
+born as session objects, sensitive, exported only wrapped under a
+key-encryption key (KEK) that lives on a token, as CMS AuthEnvelopedData
+that openssl cms can open, and imported only by unwrapping into the token
+again. PINs never come from a flag value: they come from a file
+(--pin-file, --so-pin-file), the environment, the URI's pin-source, or a
+prompt without echo on the controlling terminal (/dev/tty, whatever stdin
+is). With --json every command, failing ones too, writes one JSON document
+on stdout: {"schema": 1, "command": ..., "ok": ..., "result": ...}, and on
+failure "error", "hint" and "exit". Errors go to stderr as "hsmkeys: error:
+..." followed by "hsmkeys: hint: ..." where there is a next step. Progress
+is shown on stderr only when it is a terminal.`
+
+const exitStatusText = `0 success, 1 failure, 2 usage error; a command interrupted by a
+signal exits with 128 plus its number (130 for SIGINT, 143 for SIGTERM),
+having removed its temporary files and left earlier outputs as they were.`

@@ -7,5 +7,6 @@ import (
 )
 
 func main() {
+	noCoreDumps() // before any PIN is read (issue 11: no PIN in a core dump)
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

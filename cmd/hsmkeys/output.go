@@ -1,15 +1,12 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -178,90 +175,7 @@ func (c *cli) dataToStdout(fs *flags, path string) error {
 	return nil
 }
 
-func (c *cli) writeJSON(v any) error {
-	enc := json.NewEncoder(c.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// progress shows how long work is going on stderr, only when stderr is a
-// terminal: scripts and logs stay quiet.
-type progress struct {
-	mu    sync.Mutex
-	w     io.Writer
-	on    bool
-	last  time.Time
-	shown bool
-}
-
-func (c *cli) newProgress() *progress {
-	return &progress{w: c.stderr, on: c.stderrIsTerminal()}
-}
-
-// show replaces the progress line, at most ten times a second.
-func (p *progress) show(format string, a ...any) {
-	if p == nil || !p.on {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if time.Since(p.last) < 100*time.Millisecond {
-		return
-	}
-	p.last = time.Now()
-	p.shown = true
-	fmt.Fprintf(p.w, "\r\033[Khsmkeys: "+format, a...)
-}
-
-// clear removes the progress line.
-func (p *progress) clear() {
-	if p == nil || !p.on {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.shown {
-		fmt.Fprint(p.w, "\r\033[K")
-		p.shown = false
-	}
-}
-
-// countingReader reports bytes read to a progress line.
-type countingReader struct {
-	r     io.Reader
-	n     atomic.Int64
-	total int64
-	verb  string
-	p     *progress
-}
-
-func (r *countingReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	r.report(n)
-	return n, err
-}
-
-func (r *countingReader) report(n int) {
-	done := r.n.Add(int64(n))
-	if r.total > 0 {
-		r.p.show("%s %d/%d MiB", r.verb, done>>20, r.total>>20)
-	} else {
-		r.p.show("%s %d MiB", r.verb, done>>20)
-	}
-}
-
-// countingReaderAt is countingReader for io.ReaderAt (and only that: it
-// has no Read method).
-type countingReaderAt struct {
-	ra io.ReaderAt
-	c  *countingReader
-}
-
-func (r *countingReaderAt) ReadAt(b []byte, off int64) (int, error) {
-	n, err := r.ra.ReadAt(b, off)
-	r.c.report(n)
-	return n, err
-}
-
-// largeFile is the size from which encrypt and decrypt show progress.
-const largeFile = 32 << 20
+// writeJSON sets the result of the --json document, written when the
+// command ends (jsondoc.go), with its schema version and, on failure, the
+// error.
+func (c *cli) writeJSON(v any) error { return c.setResult(v) }

@@ -143,7 +143,7 @@ func (c *cli) eachFile(ctx context.Context, files []string, n int, verb string, 
 				}
 				mu.Lock()
 				done++
-				prog.show("%s %d/%d", verb, done, len(files))
+				prog.files(verb, done, len(files))
 				mu.Unlock()
 			}
 		}()

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -28,66 +30,90 @@ type cli struct {
 	json                        bool
 	pinFile, soPINFile          string
 	initArgs                    string // C_Initialize's pReserved, for modules such as NSS softoken
+
+	// describe, when set, receives the flag set of the command instead of
+	// running it (see registry.go).
+	describe func(fs *flags)
+	path     string         // the command being run: "kek list"
+	result   *jsonDoc       // the --json document, written once the command ends
+	sig      atomic.Int32   // the signal that interrupted the command, if one did
+	prompted [2]atomic.Bool // the user (0) or SO (1) PIN was typed at the prompt
+	term     *termLine      // the progress line on the terminal, if any
 }
 
 // run is the whole command: main only turns its result into an exit status,
 // so that every deferred cleanup (temporary files, provider Close) runs.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr}
+	c.json = jsonAsked(args)
+	c.wrapStreams()
+	// SIGINT and SIGTERM cancel the context: commands stop, remove their
+	// temporary files and leave earlier outputs untouched; the exit status
+	// is then 128 + the signal's number, as a shell reports a process the
+	// signal killed (130 for Ctrl-C). A second signal kills the process the
+	// usual way.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+	go func() {
+		select {
+		case s := <-sigc:
+			if n, ok := s.(syscall.Signal); ok {
+				c.sig.Store(int32(n))
+			}
+			signal.Stop(sigc)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	rest, err := c.parseGlobals(args)
 	if err != nil {
 		return c.fail(err)
 	}
 	if len(rest) == 0 {
-		fmt.Fprint(stderr, topHelp())
+		if c.json {
+			return c.fail(&usageError{msg: "no command given"})
+		}
+		fmt.Fprint(c.stderr, topHelp())
 		return exitUsage
 	}
-	// SIGINT and SIGTERM cancel the context: commands stop, remove their
-	// temporary files and leave earlier outputs untouched. A second signal
-	// kills the process the usual way.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
 	return c.fail(c.dispatch(ctx, commands(), rest))
+}
+
+// jsonAsked is whether --json is on the command line before any "--", so
+// that even a command line that does not parse gets its JSON document.
+func jsonAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "-json", "--json=true", "-json=true":
+			return true
+		}
+	}
+	return false
 }
 
 func (c *cli) parseGlobals(args []string) ([]string, error) {
 	fs := flag.NewFlagSet("hsmkeys", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&c.module, "module", os.Getenv("HSMKEYS_MODULE"), "")
-	fs.StringVar(&c.token, "token", os.Getenv("HSMKEYS_TOKEN"), "")
-	fs.StringVar(&c.uri, "uri", os.Getenv("HSMKEYS_URI"), "")
-	fs.StringVar(&c.initArgs, "init-args", os.Getenv("HSMKEYS_INIT_ARGS"), "")
-	fs.BoolVar(&c.json, "json", false, "")
-	fs.StringVar(&c.pinFile, "pin-file", "", "")
-	fs.StringVar(&c.soPINFile, "so-pin-file", "", "")
+	c.addGlobals(fs, true)
+	version := fs.Bool("version", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(c.stdout, topHelp())
 			return nil, errHelpShown
 		}
-		return nil, &usageError{msg: err.Error()}
+		return nil, flagError(fs, "", args, err)
 	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "module":
-			c.moduleSet = true
-		case "token":
-			c.tokenSet = true
-		case "uri":
-			c.uriSet = true
-		}
-	})
-	if c.tokenSet && c.uriSet {
-		return nil, &usageError{msg: "--token and --uri both name the token; give one of them"}
+	if err := c.noteGlobals(fs); err != nil {
+		return nil, err
 	}
-	if c.uriSet {
-		if err := refusePINInURI(c.uri); err != nil {
-			return nil, err
-		}
+	if *version {
+		// "hsmkeys --version" is "hsmkeys version", flags and all.
+		return append([]string{"version"}, fs.Args()...), nil
 	}
 	return fs.Args(), nil
 }
@@ -121,6 +147,9 @@ func commands() []*command {
 		{name: "bench", summary: "operations per second and latency on this token", run: (*cli).cmdBench},
 		{name: "selftest", summary: "generate, seal, open, tamper, destroy a session key", run: (*cli).cmdSelftest},
 		{name: "init-token", summary: "initialise a token (SoftHSM and test tokens) from PIN files", run: (*cli).cmdInitToken},
+		{name: "version", summary: "the version of hsmkeys and, with --module, of the PKCS#11 library", run: (*cli).cmdVersion},
+		{name: "completion", summary: "a completion script for bash, zsh or fish", run: (*cli).cmdCompletion},
+		{name: "man", summary: "the manual page, in roff", run: (*cli).cmdMan},
 	}
 }
 
@@ -140,6 +169,7 @@ func (c *cli) dispatchIn(ctx context.Context, group string, cmds []*command, arg
 			continue
 		}
 		if cmd.sub == nil {
+			c.path = join(group, name)
 			return cmd.run(c, ctx, args[1:])
 		}
 		path := join(group, name)
@@ -152,7 +182,32 @@ func (c *cli) dispatchIn(ctx context.Context, group string, cmds []*command, arg
 	if group != "" {
 		where = group + " subcommand"
 	}
-	return &usageError{msg: fmt.Sprintf("unknown %s %q", where, name), hint: fmt.Sprintf("run 'hsmkeys %s' for the list", join("help", group))}
+	hint := fmt.Sprintf("run 'hsmkeys %s' for the list", join("help", group))
+	if strings.HasPrefix(name, "-") && group != "" {
+		// Global flags between a group and its subcommand: "hsmkeys kek
+		// --token x list".
+		fs := flag.NewFlagSet(group, flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.addGlobals(fs, false)
+		if err := fs.Parse(args); err != nil {
+			return flagError(fs, group, args, err)
+		}
+		if err := c.noteGlobals(fs); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return &usageError{msg: fmt.Sprintf("hsmkeys %s needs a subcommand", group), hint: fmt.Sprintf("run 'hsmkeys %s --help' for its subcommands", group)}
+		}
+		return c.dispatchIn(ctx, group, cmds, fs.Args())
+	}
+	names := []string{"help"}
+	for _, cmd := range cmds {
+		names = append(names, cmd.name)
+	}
+	if s := suggest(name, names); s != "" {
+		hint = fmt.Sprintf("did you mean '%s'? %s", join(join("hsmkeys", group), s), hint)
+	}
+	return &usageError{msg: fmt.Sprintf("unknown %s %q", where, name), hint: hint}
 }
 
 // cmdHelp prints the help of the group or of the command named in args.

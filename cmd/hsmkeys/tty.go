@@ -14,6 +14,9 @@ import (
 )
 
 func isTerminal(x any) bool {
+	if l, ok := x.(*lineEnder); ok {
+		x = l.w
+	}
 	f, ok := x.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
@@ -22,16 +25,36 @@ func (c *cli) stdinIsTerminal() bool  { return isTerminal(c.stdin) }
 func (c *cli) stdoutIsTerminal() bool { return isTerminal(c.stdout) }
 func (c *cli) stderrIsTerminal() bool { return isTerminal(c.stderr) }
 
+// canPrompt reports whether the process has a controlling terminal to ask
+// on, whatever stdin is: "hsmkeys decrypt < file.cms" asks there, as age,
+// ssh and gpg do.
+func canPrompt() bool {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	ok := term.IsTerminal(int(tty.Fd()))
+	tty.Close()
+	return ok
+}
+
 // promptPIN asks for a PIN on the controlling terminal, without echo. It
 // reads /dev/tty rather than stdin so that data piped to stdin is not taken
 // for a PIN. An interrupt restores the terminal's echo before returning.
-func promptPIN(what string) provider.PINPrompt {
+// A PIN typed there and refused gets a hint about typing, not about files.
+func (c *cli) promptPIN(what string) provider.PINPrompt {
+	who := 0
+	if strings.HasPrefix(what, "SO") {
+		who = 1
+	}
 	return func(ctx context.Context, t provider.TokenInfo) ([]byte, error) {
 		tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 		if err != nil {
 			return nil, fmt.Errorf("cannot open the terminal to ask for the %s: %w", what, err)
 		}
 		defer tty.Close()
+		c.endLine()
+		c.prompted[who].Store(true)
 		return readSecret(ctx, tty, tty, fmt.Sprintf("hsmkeys: %s for token %q: ", what, t.Label))
 	}
 }

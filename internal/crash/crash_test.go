@@ -469,12 +469,15 @@ func TestKilledWhileRewrapping(t *testing.T) {
 		var stdout bytes.Buffer
 		cmd.Stdout = &stdout
 		require.NoError(t, cmd.Run(), "%s is not a valid exported key after the kill", name)
-		var info struct {
-			Recipients []struct {
-				Kind string `json:"kind"`
-			} `json:"recipients"`
+		var doc struct { // hsmkeys' --json document: {"schema": 1, "result": ...}
+			Result struct {
+				Recipients []struct {
+					Kind string `json:"kind"`
+				} `json:"recipients"`
+			} `json:"result"`
 		}
-		require.NoError(t, json.NewDecoder(io.LimitReader(&stdout, 1<<20)).Decode(&info))
+		require.NoError(t, json.NewDecoder(io.LimitReader(&stdout, 1<<20)).Decode(&doc))
+		info := doc.Result
 		require.Len(t, info.Recipients, 1)
 		assert.Equal(t, "ktri", info.Recipients[0].Kind, "%s is wrapped for the new (rsa) kek", name)
 	}

@@ -251,6 +251,7 @@ func (p *Provider) open(ctx context.Context) error {
 	}
 	p.pool = pool
 	defer pool.Put(first)
+	p.probeProfile(first)
 	if p.cfg.ExportPolicy == ExportTrusted {
 		for _, r := range pool.CheckEnforcement(first) {
 			p.enforcement = append(p.enforcement, EnforcementCheck{Name: r.Name, OK: r.OK, Detail: r.Detail, Unchecked: r.Unchecked})

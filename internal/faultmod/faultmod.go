@@ -37,6 +37,7 @@
 //	                             in the real module (C_CloseAllSessions on every slot)
 //	token_gone [0|1|CODE]        1 (or no argument): the token is out of its slot
 //	stats                        one-shot: write the stats file now
+//	personality NAME...          simulate vendor behaviour (see below)
 //	generation N                 written by Control; one-shots fire once per generation
 //
 // FUNCTION is a CK_FUNCTION_LIST member name such as C_Encrypt. CODE is a
@@ -80,6 +81,38 @@
 // handles answer CKR_SESSION_HANDLE_INVALID; a gone/back pair that no call
 // saw has no effect.
 //
+// # Personalities
+//
+// A personality line makes the module behave as a kind of token that is
+// not here, over the real module (simulations, documented as such in
+// docs/tokens.md). Names combine; C_GetTokenInfo then reports manufacturer
+// "hsmkeys faultmod" and the model of the first in this order:
+//
+//	iv-params         the token makes the AES-GCM IV of every encryption and
+//	                  ignores the caller's: a random IV replaces it before the
+//	                  call reaches the real module and is written back into
+//	                  the caller's CK_GCM_PARAMS.pIv (AWS CloudHSM style);
+//	                  model "sim-iv-params"
+//	iv-append         the token makes the IV and returns it after the output
+//	                  of C_Encrypt or C_EncryptFinal: ct || tag || iv (12
+//	                  bytes; the layout chosen for a Luna-style token);
+//	                  model "sim-iv-append"
+//	cap16k            C_Encrypt, C_Decrypt and C_*Update take at most 16384
+//	                  bytes (CKR_DATA_LEN_RANGE, CKR_ENCRYPTED_DATA_LEN_RANGE
+//	                  above); model "sim CloudHSM", so that the identity table
+//	                  gives the limit, which no probe can find
+//	no-multipart-gcm  C_EncryptUpdate and C_DecryptUpdate under CKM_AES_GCM
+//	                  answer CKR_FUNCTION_NOT_SUPPORTED (NSS softoken style);
+//	                  model "sim-no-mp-gcm"
+//	tag-invalid       a failed GCM tag check answers CKR_ENCRYPTED_DATA_INVALID
+//	                  and a failed unwrap CKR_WRAPPED_KEY_INVALID (SoftHSM: both
+//	                  CKR_GENERAL_ERROR), so that an injected CKR_GENERAL_ERROR
+//	                  is a device fault only; model "sim-tag-invalid"
+//	no-gcm            no CKM_AES_GCM and no AES key wrap in the mechanism list,
+//	                  and their use refused with CKR_MECHANISM_INVALID
+//	                  (openCryptoki 3.8.1 soft token, tpm2-pkcs11 1.9); model
+//	                  "sim-no-gcm"
+//
 // # Stats
 //
 // If FAULTMOD_STATS is set the module writes, on C_Finalize and on a "stats"
@@ -102,6 +135,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -115,6 +149,9 @@ import (
 // BUG(faultmod): close_all_sessions and "token back" forget every tracked
 // session; a C_OpenSession racing with them on another thread may be
 // forgotten too and then not count towards max_sessions.
+
+// Personalities are the names a personality line takes.
+var Personalities = []string{"iv-params", "iv-append", "cap16k", "no-multipart-gcm", "tag-invalid", "no-gcm"}
 
 // Environment variables read by faultmod.so.
 const (
@@ -526,6 +563,16 @@ func checkLine(line string) (isFail bool, err error) {
 	case "close_all_sessions", "stats":
 		if len(w) != 1 {
 			return false, want(w[0])
+		}
+		return false, nil
+	case "personality":
+		if len(w) < 2 {
+			return false, want("personality NAME...")
+		}
+		for _, n := range w[1:] {
+			if !slices.Contains(Personalities, n) {
+				return false, fmt.Errorf("unknown personality %q (want one of %v)", n, Personalities)
+			}
 		}
 		return false, nil
 	case "token_gone":

@@ -1,0 +1,154 @@
+package reliability
+
+// Vendor behaviour that no token here has, simulated by faultmod's
+// personalities over SoftHSM (a fake on purpose: no CloudHSM, Luna or
+// NSS-like GCM token is available to the tests). Under each, the provider
+// must find the difference (by probing or by the token model faultmod
+// reports), pass its round trips, and write messages that the plain
+// SoftHSM path reads, and read the messages that path writes.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+
+	"github.com/hsmkeys/hsmkeys/provider"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPersonalities(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	keks := newKEKs(t, kekSpec{"pers-aes", provider.KEKAES256}, kekSpec{"pers-rsa", provider.KEKRSA2048})
+	small := make([]byte, 1<<10)
+	big := make([]byte, 4<<20+12345)
+	_, _ = rand.Read(small)
+	_, _ = rand.Read(big)
+
+	encrypt := func(t *testing.T, p *provider.Provider, msg []byte, size int64) []byte {
+		var out bytes.Buffer
+		require.NoError(t, p.Encrypt(ctx, &out, bytes.NewReader(msg), size, keks, provider.Options{}))
+		return out.Bytes()
+	}
+	decrypt := func(t *testing.T, p *provider.Provider, m []byte) []byte {
+		var out bytes.Buffer
+		require.NoError(t, p.Decrypt(ctx, &out, bytes.NewReader(m), int64(len(m)), provider.Options{}))
+		return out.Bytes()
+	}
+	// Messages of the unmodified path, read under each personality.
+	plain := open(t, 0)
+	require.Equal(t, "SoftHSM 2", plain.Profile().Name)
+	plainSmall, plainBig := encrypt(t, plain, small, -1), encrypt(t, plain, big, int64(len(big)))
+
+	for _, c := range []struct {
+		name  string
+		check func(t *testing.T, pr provider.TokenProfile)
+	}{
+		{"iv-params", func(t *testing.T, pr provider.TokenProfile) {
+			assert.Equal(t, "token, written into the gcm parameters", pr.GCMIV)
+		}},
+		{"iv-append", func(t *testing.T, pr provider.TokenProfile) {
+			assert.Equal(t, "token, appended to the output", pr.GCMIV)
+		}},
+		{"cap16k", func(t *testing.T, pr provider.TokenProfile) {
+			assert.Equal(t, 16<<10, pr.MaxCall, "by identity: model %q", "sim CloudHSM")
+			assert.Equal(t, "AWS CloudHSM", pr.Name)
+		}},
+		{"no-multipart-gcm", func(t *testing.T, pr provider.TokenProfile) {
+			assert.False(t, pr.MultiPartGCM)
+		}},
+		{"tag-invalid", func(t *testing.T, pr provider.TokenProfile) {
+			assert.Equal(t, []string{"CKR_ENCRYPTED_DATA_INVALID", "CKR_ENCRYPTED_DATA_LEN_RANGE"}, pr.BadTag)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			setFaults(t, "personality "+c.name)
+			p, err := provider.Open(ctx, config(0))
+			require.NoError(t, err)
+			pr := p.Profile()
+			c.check(t, pr)
+
+			k, err := p.Generate(ctx, provider.AES256)
+			require.NoError(t, err)
+			for _, n := range []int{0, 100, 20 << 10} {
+				msg := make([]byte, n)
+				_, _ = rand.Read(msg)
+				sealed, err := k.Seal(ctx, msg, []byte("aad"))
+				if n > 16<<10 && c.name == "no-multipart-gcm" {
+					require.NoError(t, err)
+				} else {
+					require.NoError(t, err, "seal %d bytes", n)
+				}
+				got, err := k.Open(ctx, sealed, []byte("aad"))
+				if n > 16<<10 && c.name == "cap16k" {
+					// One C_Decrypt takes 16 KiB: refused, not forged.
+					require.Error(t, err)
+					assert.False(t, errors.Is(err, provider.ErrAuthentication), "%v", err)
+					continue
+				}
+				require.NoError(t, err, "open %d bytes", n)
+				require.Equal(t, msg, got)
+				sealed[len(sealed)-1] ^= 1
+				_, err = k.Open(ctx, sealed, []byte("aad"))
+				require.ErrorIs(t, err, provider.ErrAuthentication)
+			}
+			exp, err := p.Export(ctx, k, keks[:1], provider.Options{})
+			require.NoError(t, err)
+			k2, err := p.Import(ctx, exp, provider.Options{})
+			require.NoError(t, err)
+			require.NoError(t, k2.Destroy(ctx))
+			require.NoError(t, k.Destroy(ctx))
+
+			simSmall, simBig := encrypt(t, p, small, int64(len(small))), encrypt(t, p, big, -1)
+			require.Equal(t, small, decrypt(t, p, simSmall))
+			require.Equal(t, big, decrypt(t, p, simBig))
+			require.Equal(t, small, decrypt(t, p, plainSmall))
+			require.Equal(t, big, decrypt(t, p, plainBig))
+			var nw bytes.Buffer
+			w, err := p.NewEncrypter(ctx, &nw, keks[1:], provider.Options{})
+			require.NoError(t, err)
+			_, err = w.Write(big[:100<<10])
+			require.NoError(t, err)
+			require.NoError(t, w.Close())
+			require.Equal(t, big[:100<<10], decrypt(t, p, nw.Bytes()))
+			require.NoError(t, p.Close())
+
+			// The unmodified path reads what the personality wrote.
+			require.NoError(t, env.ctl.Clear())
+			require.Equal(t, small, decrypt(t, plain, simSmall))
+			require.Equal(t, big, decrypt(t, plain, simBig))
+			require.Equal(t, big[:100<<10], decrypt(t, plain, nw.Bytes()))
+		})
+	}
+}
+
+// TestDeviceFaultIsNotForgery: on a token whose bad tag is
+// CKR_ENCRYPTED_DATA_INVALID, a CKR_GENERAL_ERROR from C_Decrypt is a
+// device failure, never ErrAuthentication; on SoftHSM, where a bad tag is
+// CKR_GENERAL_ERROR, it reads as one (the profile says so).
+func TestDeviceFaultIsNotForgery(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	setFaults(t, "personality tag-invalid")
+	p, err := provider.Open(ctx, config(0))
+	require.NoError(t, err)
+	defer p.Close()
+	k, err := p.Generate(ctx, provider.AES256)
+	require.NoError(t, err)
+	defer k.Destroy(ctx)
+	sealed, err := k.Seal(ctx, []byte("hello"), nil)
+	require.NoError(t, err)
+	setFaults(t, "personality tag-invalid", "fail C_Decrypt CKR_GENERAL_ERROR count 1")
+	_, err = k.Open(ctx, sealed, nil)
+	require.Error(t, err)
+	assert.False(t, errors.Is(err, provider.ErrAuthentication), "a device fault read as a forgery: %v", err)
+	code, _ := tokenCode(err)
+	assert.Equal(t, uint(0x5), code, "%v", err)
+	setFaults(t, "personality tag-invalid")
+	got, err := k.Open(ctx, sealed, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(got))
+}

@@ -56,6 +56,9 @@ type Config struct {
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
+
+	// diagnostic: opened by OpenDiagnostic (no requirement enforced).
+	diagnostic bool
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/hsmkeys/hsmkeys/provider"
 )
 
 // exit codes
@@ -28,6 +30,7 @@ type cli struct {
 	json                        bool
 	pinFile, soPINFile          string
 	initArgs                    string // C_Initialize's pReserved, for modules such as NSS softoken
+	exportPolicy                string // --export-policy: "trusted" (default) or "none"
 }
 
 // run is the whole command: main only turns its result into an exit status,
@@ -61,6 +64,7 @@ func (c *cli) parseGlobals(args []string) ([]string, error) {
 	fs.StringVar(&c.token, "token", os.Getenv("HSMKEYS_TOKEN"), "")
 	fs.StringVar(&c.uri, "uri", os.Getenv("HSMKEYS_URI"), "")
 	fs.StringVar(&c.initArgs, "init-args", os.Getenv("HSMKEYS_INIT_ARGS"), "")
+	fs.StringVar(&c.exportPolicy, "export-policy", os.Getenv("HSMKEYS_EXPORT_POLICY"), "")
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.StringVar(&c.pinFile, "pin-file", "", "")
 	fs.StringVar(&c.soPINFile, "so-pin-file", "", "")
@@ -81,6 +85,11 @@ func (c *cli) parseGlobals(args []string) ([]string, error) {
 			c.uriSet = true
 		}
 	})
+	if c.exportPolicy != "" {
+		if _, err := provider.ParseExportPolicy(c.exportPolicy); err != nil {
+			return nil, &usageError{msg: fmt.Sprintf("--export-policy %q: want none or trusted", c.exportPolicy)}
+		}
+	}
 	if c.tokenSet && c.uriSet {
 		return nil, &usageError{msg: "--token and --uri both name the token; give one of them"}
 	}

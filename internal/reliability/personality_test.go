@@ -152,3 +152,51 @@ func TestDeviceFaultIsNotForgery(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "hello", string(got))
 }
+
+// TestDoctorWithoutGCM: a token with no AES-GCM and no AES key wrap (as
+// openCryptoki 3.8.1's soft token and tpm2-pkcs11 1.9 are, TOKEN-FACTS;
+// simulated by faultmod's no-gcm personality) is refused by Open, yet
+// doctor opens it and reports every row, each on its own.
+func TestDoctorWithoutGCM(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	setFaults(t, "personality no-gcm")
+	_, err := provider.Open(ctx, config(0))
+	require.ErrorIs(t, err, provider.ErrUnsupported)
+	assert.Contains(t, err.Error(), "lacks CKM_AES_GCM")
+
+	p, err := provider.OpenDiagnostic(ctx, config(0))
+	require.NoError(t, err)
+	defer p.Close()
+	checks, err := p.Doctor(ctx)
+	require.NoError(t, err)
+	got := map[string]provider.EnforcementCheck{}
+	for _, c := range checks {
+		t.Logf("%-28s %-8s ok=%-5v unchecked=%-5v %s", c.Name, c.Needs, c.OK, c.Unchecked, c.Detail)
+		got[c.Name] = c
+	}
+	for _, name := range []string{
+		"mechanism CKM_AES_KEY_GEN", "mechanism CKM_AES_GCM", "mechanism CKM_AES_CTR", "mechanism CKM_AES_ECB",
+		"mechanism CKM_AES_KEY_WRAP", "mechanism CKM_RSA_PKCS_OAEP", "mechanism CKM_RSA_PKCS_KEY_PAIR_GEN",
+		"token profile", "profile",
+		"trusted-only wrapping", "wrap template", "unwrap template", "aes kek mechanisms", "rsa kek mechanisms", "session key attributes",
+		"session key generate", "session key seal and open", "session key tamper", "session key destroy", "exportable session key",
+		"export policy none", "export policy trusted",
+	} {
+		assert.Contains(t, got, name, "doctor left out a check")
+	}
+	assert.False(t, got["mechanism CKM_AES_GCM"].OK)
+	assert.False(t, got["mechanism CKM_AES_KEY_WRAP"].OK)
+	assert.True(t, got["mechanism CKM_AES_KEY_GEN"].OK)
+	assert.True(t, got["trusted-only wrapping"].Unchecked, "no key wrap: the check cannot be made")
+	assert.True(t, got["rsa kek mechanisms"].OK, "tried on its own although the aes checks could not run: %+v", got["rsa kek mechanisms"])
+	assert.True(t, got["session key attributes"].OK)
+	assert.True(t, got["session key generate"].OK)
+	assert.True(t, got["session key destroy"].OK)
+	assert.False(t, got["session key seal and open"].OK)
+	assert.True(t, got["session key tamper"].Unchecked)
+	assert.True(t, got["aes kek mechanisms"].Unchecked)
+	assert.False(t, got["export policy none"].OK)
+	assert.Contains(t, got["export policy none"].Detail, "mechanism CKM_AES_GCM")
+	assert.False(t, got["export policy trusted"].OK)
+}

@@ -212,6 +212,7 @@ func (p *Pool) Probe(s *Session, base Profile) Profile {
 		probed("Mechanisms")
 		if !slices.Contains(ms, pkcs11.CKM_AES_GCM) || !slices.Contains(ms, pkcs11.CKM_AES_KEY_GEN) {
 			prof.MultiPartGCM = false
+			probed("MultiPartGCM")
 			return prof
 		}
 	}
@@ -293,7 +294,13 @@ func (p *Pool) probeGCM(s *Session, key pkcs11.ObjectHandle, prof *Profile, prob
 	if err != nil {
 		prof.MultiPartGCM = false
 		probed("MultiPartGCM")
-		return // a failed update ended the operation (v2.40 §5.2)
+		// A failed update ends the operation (v2.40 §5.2), but
+		// NSS softoken 3.87 answers CKR_OPERATION_NOT_INITIALIZED and
+		// keeps the single-part operation going (measured): end it with
+		// the single-part call, which answers the same code where the
+		// operation did end.
+		_, _ = p.mod.raw.Encrypt(uint(s.h), pt, len(pt)+TagSize+NonceSize)
+		return
 	}
 	_, err = p.ctx().EncryptFinal(s.h)
 	prof.MultiPartGCM = err == nil

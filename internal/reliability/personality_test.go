@@ -11,8 +11,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/hsmkeys/hsmkeys/internal/testopenssl"
 
 	"github.com/hsmkeys/hsmkeys/provider"
 	"github.com/stretchr/testify/assert"
@@ -23,6 +30,37 @@ func TestPersonalities(t *testing.T) {
 	need(t)
 	ctx := context.Background()
 	keks := newKEKs(t, kekSpec{"pers-aes", provider.KEKAES256}, kekSpec{"pers-rsa", provider.KEKRSA2048})
+	// An AES KEK whose value the test chose, for openssl (system openssl,
+	// messages without a context open in every OpenSSL 3).
+	ossl := testopenssl.First(t)
+	dir := t.TempDir()
+	kekValue := make([]byte, 32)
+	_, _ = rand.Read(kekValue)
+	kekFile := filepath.Join(dir, "kek")
+	require.NoError(t, os.WriteFile(kekFile, kekValue, 0o600))
+	a, err := provider.OpenAdmin(ctx, config(0), provider.PINValue([]byte(soPIN)))
+	require.NoError(t, err)
+	known, err := a.ImportKEKWith(ctx, fmt.Sprintf("pers-known-%x", time.Now().UnixNano()), kekFile, provider.KEKOptions{AllowExposedAtRest: true})
+	require.NoError(t, err)
+	require.NoError(t, a.Close())
+	t.Cleanup(func() {
+		a, err := provider.OpenAdmin(ctx, config(0), provider.PINValue([]byte(soPIN)))
+		require.NoError(t, err)
+		defer a.Close()
+		assert.NoError(t, a.DestroyKEK(ctx, known.ID))
+	})
+	keks = append(keks, known)
+	opensslReads := func(t *testing.T, m []byte) []byte {
+		t.Helper()
+		in, out := filepath.Join(dir, "msg"), filepath.Join(dir, "dec")
+		require.NoError(t, os.WriteFile(in, m, 0o600))
+		_, err := ossl.Run("cms", "-decrypt", "-binary", "-inform", "DER", "-in", in, "-out", out,
+			"-secretkey", hex.EncodeToString(kekValue), "-secretkeyid", hex.EncodeToString(known.ID))
+		require.NoError(t, err)
+		got, err := os.ReadFile(out)
+		require.NoError(t, err)
+		return got
+	}
 	small := make([]byte, 1<<10)
 	big := make([]byte, 4<<20+12345)
 	_, _ = rand.Read(small)
@@ -108,13 +146,17 @@ func TestPersonalities(t *testing.T) {
 			require.Equal(t, small, decrypt(t, p, plainSmall))
 			require.Equal(t, big, decrypt(t, p, plainBig))
 			var nw bytes.Buffer
-			w, err := p.NewEncrypter(ctx, &nw, keks[1:], provider.Options{})
+			w, err := p.NewEncrypter(ctx, &nw, keks[1:2], provider.Options{})
 			require.NoError(t, err)
 			_, err = w.Write(big[:100<<10])
 			require.NoError(t, err)
 			require.NoError(t, w.Close())
 			require.Equal(t, big[:100<<10], decrypt(t, p, nw.Bytes()))
 			require.NoError(t, p.Close())
+
+			// openssl reads what the personality wrote.
+			require.Equal(t, small, opensslReads(t, simSmall))
+			require.Equal(t, big, opensslReads(t, simBig))
 
 			// The unmodified path reads what the personality wrote.
 			require.NoError(t, env.ctl.Clear())

@@ -132,7 +132,7 @@ func TestP11KitProxyRoundTrip(t *testing.T) {
 		byName[c.Name] = c
 	}
 	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping",
-		"wrap template", "unwrap template", "session key", "kek " + aesKEK.Label + " v1", "kek " + rsaKEK.Label + " v1"} {
+		"wrap template", "unwrap template", "session key seal and open", "session key tamper", "export policy trusted", "kek " + aesKEK.Label + " v1", "kek " + rsaKEK.Label + " v1"} {
 		require.Contains(t, byName, name)
 		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
 	}

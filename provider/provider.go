@@ -617,6 +617,9 @@ func mapErr(err error) error {
 		return ErrClosed
 	case errors.Is(err, p11.ErrWrappedKeyInvalid):
 		return fmt.Errorf("%w: %w", ErrWrappedKeyInvalid, err)
+	case errors.Is(err, p11.ErrTokenIV), errors.Is(err, p11.ErrTooLarge), errors.Is(err, p11.ErrNoStreaming):
+		// What the token's profile says it cannot do (profile.go).
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	code, ok := p11.CodeOf(err)
 	if !ok {

@@ -125,6 +125,7 @@ func TestPersonalities(t *testing.T) {
 					// One C_Decrypt takes 16 KiB: refused, not forged.
 					require.Error(t, err)
 					assert.False(t, errors.Is(err, provider.ErrAuthentication), "%v", err)
+					assert.ErrorIs(t, err, provider.ErrUnsupported)
 					continue
 				}
 				require.NoError(t, err, "open %d bytes", n)

@@ -239,6 +239,9 @@ func (p *Pool) SealGCM(s *Session, key Object, nonce, aad, plaintext []byte) ([]
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
 	}
 	prof := p.profile()
+	if prof.GCMIV == IVUnsupported {
+		return nil, fmt.Errorf("%w: the token returns its gcm iv in a layout hsmkeys does not take", ErrTokenIV)
+	}
 	if prof.MaxCall > 0 && len(plaintext) > prof.MaxCall {
 		if !prof.StreamsGCM() {
 			return nil, fmt.Errorf("%w: %d bytes is more than one call of this token takes (%d) and it has no multi-part gcm", ErrTooLarge, len(plaintext), prof.MaxCall)

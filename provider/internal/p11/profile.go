@@ -27,6 +27,11 @@ const (
 	// (the layout hsmkeys simulates for Luna in FIPS mode; a real Luna's
 	// layout was read in no document here and may differ).
 	IVAppended
+	// IVUnsupported: the token answered the probe encryption in a layout
+	// hsmkeys does not take (a 16-byte IV appended, as Luna firmware
+	// before 7.9.3 in FIPS mode documents; anything else): its AES-GCM
+	// encryption is refused with ErrTokenIV rather than misread.
+	IVUnsupported
 )
 
 func (s IVSource) String() string {
@@ -37,6 +42,8 @@ func (s IVSource) String() string {
 		return "token, written into the gcm parameters"
 	case IVAppended:
 		return "token, appended to the output"
+	case IVUnsupported:
+		return "token, in a layout hsmkeys does not take"
 	}
 	return fmt.Sprintf("IVSource(%d)", int(s))
 }
@@ -267,6 +274,8 @@ func (p *Pool) probeGCM(s *Session, key pkcs11.ObjectHandle, prof *Profile, prob
 		prof.GCMIV = IVCaller
 		iv = chosen
 	default:
+		prof.GCMIV = IVUnsupported
+		probed("GCMIV")
 		return
 	}
 	probed("GCMIV")

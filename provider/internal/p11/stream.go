@@ -49,6 +49,9 @@ func (p *Pool) GCMEncrypt(s *Session, key Object, nonce, aad []byte) (*EncryptSt
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
 	}
 	prof := p.profile()
+	if prof.GCMIV == IVUnsupported {
+		return nil, fmt.Errorf("%w: the token returns its gcm iv in a layout hsmkeys does not take", ErrTokenIV)
+	}
 	if !prof.StreamsGCM() {
 		return nil, ErrNoStreaming
 	}

@@ -13,18 +13,22 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// Doctor checks, for real, whether this token can keep hsmkeys' promises:
-// the token's profile (a Warning where public objects are in clear at
-// rest), the mechanisms it needs, the enforcement checks of Open
-// (trusted-only wrapping, both templates, KEK mechanism restrictions,
-// frozen session keys: each with its premise, Unchecked when the premise
-// fails), a session key's life (generate, seal, open, tamper, destroy),
-// every KEK on the token (its attributes, and a wrap and unwrap with a
-// throw-away key where the KEK can unwrap; a Warning for one exposed at
-// rest; the fix for an outdated one), and every foreign object (a
-// Warning). It changes nothing on the token. The provider may be opened
-// with ExportNone so that Doctor can run on a token that would fail Open
-// under ExportTrusted; the KEKs are tried all the same.
+// Doctor checks, for real, whether this token can keep hsmkeys' promises,
+// each check tried on its own whatever the others found: the mechanisms it
+// needs, the token's profile (a Warning where public objects are in clear
+// at rest, and a row per profile field: docs/tokens.md), the enforcement
+// checks of Open (trusted-only wrapping, both templates, KEK mechanism
+// restrictions, frozen session keys: each with its premise, Unchecked when
+// the premise fails), each step of a session key's life (generate, seal
+// and open, tamper, destroy), an exportable key, every KEK on the token
+// (its attributes, and a wrap and unwrap with a throw-away key where the
+// KEK can unwrap; a Warning for one exposed at rest; the fix for an
+// outdated one), every foreign object (a Warning), and at the end whether
+// the token serves export policy none and trusted. Each row's Needs says
+// which policy it matters for. It changes nothing on the token. Open the
+// provider with OpenDiagnostic so that Doctor runs on a token that Open
+// refuses (no AES-GCM, no AES key wrap, a failed enforcement check); the
+// KEKs are tried all the same.
 func (p *Provider) Doctor(ctx context.Context) ([]EnforcementCheck, error) {
 	if err := p.begin(); err != nil {
 		return nil, err

@@ -319,9 +319,10 @@ static const struct {
 	unsigned bit;
 	const char *model;	/* at most 16 bytes */
 } personalities[] = {
+	/* First: with others, its model gives the limit by identity. */
+	{ "cap16k", P_CAP16K, "sim CloudHSM" },
 	{ "iv-params", P_IV_PARAMS, "sim-iv-params" },
 	{ "iv-append", P_IV_APPEND, "sim-iv-append" },
-	{ "cap16k", P_CAP16K, "sim CloudHSM" },
 	{ "no-multipart-gcm", P_NO_MULTIPART_GCM, "sim-no-mp-gcm" },
 	{ "tag-invalid", P_TAG_INVALID, "sim-tag-invalid" },
 	{ "no-gcm", P_NO_GCM, "sim-no-gcm" },

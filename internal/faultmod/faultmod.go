@@ -88,6 +88,10 @@
 // docs/tokens.md). Names combine; C_GetTokenInfo then reports manufacturer
 // "hsmkeys faultmod" and the model of the first in this order:
 //
+//	cap16k            C_Encrypt, C_Decrypt and C_*Update take at most 16384
+//	                  bytes (CKR_DATA_LEN_RANGE, CKR_ENCRYPTED_DATA_LEN_RANGE
+//	                  above); model "sim CloudHSM", so that the identity table
+//	                  gives the limit, which no probe can find
 //	iv-params         the token makes the AES-GCM IV of every encryption and
 //	                  ignores the caller's: a random IV replaces it before the
 //	                  call reaches the real module and is written back into
@@ -97,10 +101,6 @@
 //	                  of C_Encrypt or C_EncryptFinal: ct || tag || iv (12
 //	                  bytes; the layout chosen for a Luna-style token);
 //	                  model "sim-iv-append"
-//	cap16k            C_Encrypt, C_Decrypt and C_*Update take at most 16384
-//	                  bytes (CKR_DATA_LEN_RANGE, CKR_ENCRYPTED_DATA_LEN_RANGE
-//	                  above); model "sim CloudHSM", so that the identity table
-//	                  gives the limit, which no probe can find
 //	no-multipart-gcm  C_EncryptUpdate and C_DecryptUpdate under CKM_AES_GCM
 //	                  answer CKR_FUNCTION_NOT_SUPPORTED (NSS softoken style);
 //	                  model "sim-no-mp-gcm"
@@ -151,7 +151,7 @@ import (
 // forgotten too and then not count towards max_sessions.
 
 // Personalities are the names a personality line takes.
-var Personalities = []string{"iv-params", "iv-append", "cap16k", "no-multipart-gcm", "tag-invalid", "no-gcm"}
+var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm"}
 
 // Environment variables read by faultmod.so.
 const (

@@ -243,3 +243,48 @@ func TestDoctorWithoutGCM(t *testing.T) {
 	assert.Contains(t, got["export policy none"].Detail, "mechanism CKM_AES_GCM")
 	assert.False(t, got["export policy trusted"].OK)
 }
+
+// TestCloudHSMLike: the token makes its own IV (written into the
+// parameters) and takes at most 16 KiB per call, as AWS CloudHSM documents
+// (docs/tokens.md), simulated. Messages of any size are encrypted in parts
+// of 16 KiB and the unmodified path reads them; this token decrypts a
+// message only up to one call's size (its IV rules out the streaming tag
+// check), and says so with ErrUnsupported, never ErrAuthentication.
+func TestCloudHSMLike(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	keks := newKEKs(t, kekSpec{"cloud-rsa", provider.KEKRSA2048})
+	plain := open(t, 0)
+	setFaults(t, "personality cap16k iv-params")
+	p, err := provider.Open(ctx, config(0))
+	require.NoError(t, err)
+	defer p.Close()
+	pr := p.Profile()
+	assert.Equal(t, "AWS CloudHSM", pr.Name)
+	assert.Equal(t, 16<<10, pr.MaxCall)
+	assert.Equal(t, "token, written into the gcm parameters", pr.GCMIV)
+
+	for _, n := range []int{1 << 10, 16<<10 - 200, 5 << 20} {
+		msg := make([]byte, n)
+		_, _ = rand.Read(msg)
+		var m bytes.Buffer
+		require.NoError(t, p.Encrypt(ctx, &m, bytes.NewReader(msg), int64(n), keks, provider.Options{}))
+		var back bytes.Buffer
+		err := p.Decrypt(ctx, &back, bytes.NewReader(m.Bytes()), int64(m.Len()), provider.Options{})
+		if n > 16<<10 {
+			require.ErrorIs(t, err, provider.ErrUnsupported)
+			assert.False(t, errors.Is(err, provider.ErrAuthentication), "%v", err)
+			assert.Zero(t, back.Len(), "nothing written")
+		} else {
+			require.NoError(t, err)
+			require.Equal(t, msg, back.Bytes())
+		}
+		// The unmodified SoftHSM path (faultmod without a personality,
+		// through the provider opened before) reads every one.
+		require.NoError(t, env.ctl.Clear())
+		back.Reset()
+		require.NoError(t, plain.Decrypt(ctx, &back, bytes.NewReader(m.Bytes()), int64(m.Len()), provider.Options{}))
+		require.Equal(t, msg, back.Bytes())
+		setFaults(t, "personality cap16k iv-params")
+	}
+}

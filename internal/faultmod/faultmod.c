@@ -1468,7 +1468,7 @@ static CK_RV fm_C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech
 {
 	struct call c;
 	CK_RV rv;
-	unsigned p = personality();
+	unsigned p;
 	CK_GCM_PARAMS gp, *caller;
 	CK_MECHANISM m;
 	CK_BYTE iv[GCM_IV];
@@ -1476,6 +1476,7 @@ static CK_RV fm_C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech
 
 	if (begin(&c, FN_C_EncryptInit, hSession, &rv))
 		return rv;
+	p = personality();
 	if (gcm && (p & P_NO_GCM))
 		return finish(&c, CKR_MECHANISM_INVALID);
 	if (!gcm || !(p & (P_IV_PARAMS | P_IV_APPEND))) {
@@ -1567,11 +1568,12 @@ static CK_RV fm_C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, C
 {
 	struct call c;
 	CK_RV rv;
-	unsigned p = personality();
+	unsigned p;
 	struct gcmop o = gcm_state(hSession);
 
 	if (begin(&c, FN_C_EncryptUpdate, hSession, &rv))
 		return rv;
+	p = personality();
 	if (((p & P_CAP16K) && ulPartLen > CAP_BYTES) || (o.enc && (p & P_NO_MULTIPART_GCM))) {
 		end_op(c.real->C_EncryptFinal, hSession);
 		gcm_set(hSession, 0, -1, 0, NULL);
@@ -1647,11 +1649,12 @@ static CK_RV fm_C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncrypt
 {
 	struct call c;
 	CK_RV rv;
-	unsigned p = personality();
+	unsigned p;
 	struct gcmop o = gcm_state(hSession);
 
 	if (begin(&c, FN_C_DecryptUpdate, hSession, &rv))
 		return rv;
+	p = personality();
 	if (((p & P_CAP16K) && ulEncryptedPartLen > CAP_BYTES) || (o.dec && (p & P_NO_MULTIPART_GCM))) {
 		end_op(c.real->C_DecryptFinal, hSession);
 		gcm_set(hSession, -1, 0, -1, NULL);
@@ -1693,10 +1696,11 @@ static CK_RV fm_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 {
 	struct call c;
 	CK_RV rv;
-	unsigned p = personality();
+	unsigned p;
 
 	if (begin(&c, FN_C_UnwrapKey, hSession, &rv))
 		return rv;
+	p = personality();
 	if (pMechanism && is_kw(pMechanism->mechanism) && (p & P_NO_GCM))
 		return finish(&c, CKR_MECHANISM_INVALID);
 	rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey);

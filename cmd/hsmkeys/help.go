@@ -29,6 +29,10 @@ Global flags:
   --token LABEL        the token, by label
   --uri PKCS11-URI     the module and token as an RFC 7512 URI (no pin-value: use pin-source=file:...)
   --init-args STRING   passed to the module's C_Initialize (NSS softoken: "configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=")
+  --export-policy none|trusted
+                       trusted (default): session keys may leave wrapped under trusted KEKs;
+                       none: they never leave (selftest, bench --op generate|seal; commands
+                       that wrap keys for KEKs are refused)
   --json               one JSON document on stdout, for scripts
   --pin-file FILE      the user PIN, first line of FILE
   --so-pin-file FILE   the Security Officer PIN, first line of FILE (kek create, import, import-public)
@@ -36,6 +40,7 @@ Global flags:
 Environment:
   HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_URI   defaults for --module, --token, --uri
   HSMKEYS_INIT_ARGS                            default for --init-args
+  HSMKEYS_EXPORT_POLICY                        default for --export-policy
   HSMKEYS_PIN, HSMKEYS_PIN_FILE                the user PIN, or a file holding it
   HSMKEYS_SO_PIN, HSMKEYS_SO_PIN_FILE          the Security Officer PIN, or a file holding it
 PINs never come from a flag value. With none of these and stdin a terminal,

@@ -310,6 +310,7 @@ enum {
 	P_NO_MULTIPART_GCM = 8,	/* C_*Update under CKM_AES_GCM refused */
 	P_TAG_INVALID = 16,	/* bad tag: CKR_ENCRYPTED_DATA_INVALID */
 	P_NO_GCM = 32,		/* no CKM_AES_GCM, no AES key wrap */
+	P_CRYPTOKI_220 = 64,	/* Cryptoki 2.20: no CKA_COPYABLE, CKA_WRAP_WITH_TRUSTED */
 };
 #define CAP_BYTES 16384
 #define GCM_IV 12
@@ -326,6 +327,7 @@ static const struct {
 	{ "no-multipart-gcm", P_NO_MULTIPART_GCM, "sim-no-mp-gcm" },
 	{ "tag-invalid", P_TAG_INVALID, "sim-tag-invalid" },
 	{ "no-gcm", P_NO_GCM, "sim-no-gcm" },
+	{ "cryptoki-2.20", P_CRYPTOKI_220, "sim-cryptoki220" },
 };
 #define NPERSONALITIES (sizeof(personalities) / sizeof(personalities[0]))
 
@@ -410,7 +412,7 @@ static const char *parse_line(struct config *c, char *line)
 			return "want: personality NAME...";
 		for (i = 1; i < n; i++) {
 			if ((bit = personality_bit(w[i])) == 0)
-				return "unknown personality (iv-params, iv-append, cap16k, no-multipart-gcm, tag-invalid, no-gcm)";
+				return "unknown personality (cap16k, iv-params, iv-append, no-multipart-gcm, tag-invalid, no-gcm, cryptoki-2.20)";
 			c->personality |= bit;
 		}
 		return NULL;
@@ -1174,9 +1176,6 @@ static CK_RV fm_C_CloseAllSessions(CK_SLOT_ID slotID)
 		return finish(&c, rv);						\
 	}
 
-FWD(C_GetInfo, 0,
-    (CK_INFO_PTR pInfo),
-    (pInfo))
 FWD(C_GetMechanismInfo, 0,
     (CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo),
     (slotID, type, pInfo))
@@ -1204,12 +1203,6 @@ FWD(C_Login, hSession,
 FWD(C_Logout, hSession,
     (CK_SESSION_HANDLE hSession),
     (hSession))
-FWD(C_CreateObject, hSession,
-    (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject),
-    (hSession, pTemplate, ulCount, phObject))
-FWD(C_CopyObject, hSession,
-    (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject),
-    (hSession, hObject, pTemplate, ulCount, phNewObject))
 FWD(C_DestroyObject, hSession,
     (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject),
     (hSession, hObject))
@@ -1294,9 +1287,6 @@ FWD(C_SignEncryptUpdate, hSession,
 FWD(C_DecryptVerifyUpdate, hSession,
     (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen),
     (hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen))
-FWD(C_GenerateKey, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey),
-    (hSession, pMechanism, pTemplate, ulCount, phKey))
 FWD(C_GenerateKeyPair, hSession,
     (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate, CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate, CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey, CK_OBJECT_HANDLE_PTR phPrivateKey),
     (hSession, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount, pPrivateKeyTemplate, ulPrivateKeyAttributeCount, phPublicKey, phPrivateKey))
@@ -1708,6 +1698,77 @@ static CK_RV fm_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	if (rv == CKR_GENERAL_ERROR && (p & P_TAG_INVALID))
 		rv = CKR_WRAPPED_KEY_INVALID;
 	return finish(&c, rv);
+}
+
+
+/* ---------- personality cryptoki-2.20 ---------- */
+
+/*
+ * refuses_220 reports whether a template names an attribute a Cryptoki
+ * 2.20 token does not know: CKA_COPYABLE (new in v2.40) and
+ * CKA_WRAP_WITH_TRUSTED (v2.20 amendment 3, which plain 2.20 tokens lack).
+ */
+static int refuses_220(CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	CK_ULONG i;
+
+	if (!(personality() & P_CRYPTOKI_220) || !t)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (t[i].type == CKA_COPYABLE || t[i].type == CKA_WRAP_WITH_TRUSTED)
+			return 1;
+	return 0;
+}
+
+static CK_RV fm_C_GetInfo(CK_INFO_PTR pInfo)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_GetInfo, 0, &rv))
+		return rv;
+	rv = c.real->C_GetInfo(pInfo);
+	if (rv == CKR_OK && pInfo && (personality() & P_CRYPTOKI_220)) {
+		pInfo->cryptokiVersion.major = 2;
+		pInfo->cryptokiVersion.minor = 20;
+	}
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_CreateObject, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_CreateObject(hSession, pTemplate, ulCount, phObject));
+}
+
+static CK_RV fm_C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_CopyObject, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject));
+}
+
+static CK_RV fm_C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_GenerateKey, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_GenerateKey(hSession, pMechanism, pTemplate, ulCount, phKey));
 }
 
 /* ---------- the function list ---------- */

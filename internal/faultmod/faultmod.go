@@ -112,6 +112,10 @@
 //	                  and their use refused with CKR_MECHANISM_INVALID
 //	                  (openCryptoki 3.8.1 soft token, tpm2-pkcs11 1.9); model
 //	                  "sim-no-gcm"
+//	cryptoki-2.20     C_GetInfo reports Cryptoki 2.20, and C_GenerateKey,
+//	                  C_CreateObject and C_CopyObject refuse a template naming
+//	                  CKA_COPYABLE or CKA_WRAP_WITH_TRUSTED with
+//	                  CKR_ATTRIBUTE_TYPE_INVALID; model "sim-cryptoki220"
 //
 // # Stats
 //
@@ -151,7 +155,7 @@ import (
 // forgotten too and then not count towards max_sessions.
 
 // Personalities are the names a personality line takes.
-var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm"}
+var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm", "cryptoki-2.20"}
 
 // Environment variables read by faultmod.so.
 const (

@@ -55,6 +55,7 @@ func TestCheckLine(t *testing.T) {
 		"personality iv-params",
 		"personality cap16k iv-params",
 		"personality no-gcm",
+		"personality cryptoki-2.20",
 	}
 	for _, line := range good {
 		t.Run("good/"+line, func(t *testing.T) {

@@ -288,3 +288,28 @@ func TestCloudHSMLike(t *testing.T) {
 		setFaults(t, "personality cap16k iv-params")
 	}
 }
+
+// TestCryptoki220: a Cryptoki 2.20 token (simulated: faultmod's
+// cryptoki-2.20 refuses CKA_COPYABLE and CKA_WRAP_WITH_TRUSTED) serves
+// export policy none, with templates that leave both out; under trusted it
+// is refused, since a trusted-only key cannot be made there.
+func TestCryptoki220(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	setFaults(t, "personality cryptoki-2.20")
+	cfg := config(0)
+	cfg.ExportPolicy = provider.ExportNone
+	p, err := provider.Open(ctx, cfg)
+	require.NoError(t, err)
+	defer p.Close()
+	pr := p.Profile()
+	assert.Equal(t, "2.20", pr.Cryptoki)
+	assert.False(t, pr.V240Attrs)
+	k, err := p.Generate(ctx, provider.AES256)
+	require.NoError(t, err)
+	require.NoError(t, roundTrip(ctx, k, "2.20"))
+	require.NoError(t, k.Destroy(ctx))
+
+	_, err = provider.Open(ctx, config(0))
+	require.ErrorIs(t, err, provider.ErrUnsupported, "a token that cannot make trusted-only keys is refused under trusted")
+}

@@ -140,14 +140,19 @@ func (p *Pool) VerifySessionKey(s *Session, obj Object, spec SecretKeySpec) erro
 }
 
 // keyPolicy is sessionKeyPolicy without the attributes the token's
-// Cryptoki version does not know (Profile.V240Attrs: CKA_COPYABLE is new in
-// v2.40 §4.4, and 2.20 tokens refuse it with CKR_ATTRIBUTE_TYPE_INVALID).
+// Cryptoki version does not know (Profile.V240Attrs): CKA_COPYABLE is new
+// in v2.40 §4.4, and plain 2.20 tokens refuse it and CKA_WRAP_WITH_TRUSTED
+// with CKR_ATTRIBUTE_TYPE_INVALID. CKA_WRAP_WITH_TRUSTED is left out only
+// where it is false, its default; a key that must be trusted-only keeps it,
+// and such a token refuses to make it rather than make it weaker.
 func (p *Pool) keyPolicy(spec SecretKeySpec) []boolAttr {
 	pol := sessionKeyPolicy(spec)
 	if p.profile().V240Attrs {
 		return pol
 	}
-	return slices.DeleteFunc(pol, func(a boolAttr) bool { return a.t == pkcs11.CKA_COPYABLE })
+	return slices.DeleteFunc(pol, func(a boolAttr) bool {
+		return a.t == pkcs11.CKA_COPYABLE || (a.t == pkcs11.CKA_WRAP_WITH_TRUSTED && !a.v)
+	})
 }
 
 // fitTemplate drops from tmpl what the token's profile says it refuses.

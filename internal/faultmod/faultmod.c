@@ -311,6 +311,7 @@ enum {
 	P_TAG_INVALID = 16,	/* bad tag: CKR_ENCRYPTED_DATA_INVALID */
 	P_NO_GCM = 32,		/* no CKM_AES_GCM, no AES key wrap */
 	P_CRYPTOKI_220 = 64,	/* Cryptoki 2.20: no CKA_COPYABLE, CKA_WRAP_WITH_TRUSTED */
+	P_UNWRAP_VALUE_LEN = 128,	/* unwrap templates need CKA_VALUE_LEN (Luna) */
 };
 #define CAP_BYTES 16384
 #define GCM_IV 12
@@ -328,6 +329,7 @@ static const struct {
 	{ "tag-invalid", P_TAG_INVALID, "sim-tag-invalid" },
 	{ "no-gcm", P_NO_GCM, "sim-no-gcm" },
 	{ "cryptoki-2.20", P_CRYPTOKI_220, "sim-cryptoki220" },
+	{ "unwrap-value-len", P_UNWRAP_VALUE_LEN, "sim Luna" },
 };
 #define NPERSONALITIES (sizeof(personalities) / sizeof(personalities[0]))
 
@@ -412,7 +414,7 @@ static const char *parse_line(struct config *c, char *line)
 			return "want: personality NAME...";
 		for (i = 1; i < n; i++) {
 			if ((bit = personality_bit(w[i])) == 0)
-				return "unknown personality (cap16k, iv-params, iv-append, no-multipart-gcm, tag-invalid, no-gcm, cryptoki-2.20)";
+				return "unknown personality (cap16k, iv-params, iv-append, no-multipart-gcm, tag-invalid, no-gcm, cryptoki-2.20, unwrap-value-len)";
 			c->personality |= bit;
 		}
 		return NULL;
@@ -1693,7 +1695,28 @@ static CK_RV fm_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechan
 	p = personality();
 	if (pMechanism && is_kw(pMechanism->mechanism) && (p & P_NO_GCM))
 		return finish(&c, CKR_MECHANISM_INVALID);
-	rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey);
+	if ((p & P_UNWRAP_VALUE_LEN) && pTemplate) {
+		/* Wants CKA_VALUE_LEN, which SoftHSM refuses: checked, then dropped. */
+		CK_ATTRIBUTE_PTR t = calloc(ulAttributeCount + 1, sizeof(*t));
+		CK_ULONG i, k = 0;
+		int has = 0;
+
+		if (!t)
+			return finish(&c, CKR_HOST_MEMORY);
+		for (i = 0; i < ulAttributeCount; i++) {
+			if (pTemplate[i].type == CKA_VALUE_LEN)
+				has = 1;
+			else
+				t[k++] = pTemplate[i];
+		}
+		if (!has)
+			rv = CKR_TEMPLATE_INCOMPLETE;
+		else
+			rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, t, k, phKey);
+		free(t);
+	} else {
+		rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey);
+	}
 	/* A token that names a failed integrity check as the standard says. */
 	if (rv == CKR_GENERAL_ERROR && (p & P_TAG_INVALID))
 		rv = CKR_WRAPPED_KEY_INVALID;

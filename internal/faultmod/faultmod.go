@@ -116,6 +116,11 @@
 //	                  C_CreateObject and C_CopyObject refuse a template naming
 //	                  CKA_COPYABLE or CKA_WRAP_WITH_TRUSTED with
 //	                  CKR_ATTRIBUTE_TYPE_INVALID; model "sim-cryptoki220"
+//	unwrap-value-len  C_UnwrapKey refuses a template without CKA_VALUE_LEN
+//	                  (CKR_TEMPLATE_INCOMPLETE) and drops it before the real
+//	                  module, which refuses it (Luna wants it, SoftHSM refuses
+//	                  it, TOKEN-FACTS); model "sim Luna", so that the identity
+//	                  table gives it
 //
 // # Stats
 //
@@ -155,7 +160,7 @@ import (
 // forgotten too and then not count towards max_sessions.
 
 // Personalities are the names a personality line takes.
-var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm", "cryptoki-2.20"}
+var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm", "cryptoki-2.20", "unwrap-value-len"}
 
 // Environment variables read by faultmod.so.
 const (

@@ -56,6 +56,7 @@ func TestCheckLine(t *testing.T) {
 		"personality cap16k iv-params",
 		"personality no-gcm",
 		"personality cryptoki-2.20",
+		"personality unwrap-value-len tag-invalid",
 	}
 	for _, line := range good {
 		t.Run("good/"+line, func(t *testing.T) {

@@ -313,3 +313,31 @@ func TestCryptoki220(t *testing.T) {
 	_, err = provider.Open(ctx, config(0))
 	require.ErrorIs(t, err, provider.ErrUnsupported, "a token that cannot make trusted-only keys is refused under trusted")
 }
+
+// TestUnwrapValueLen: a token that wants CKA_VALUE_LEN in unwrap templates
+// (Luna, vendor docs; simulated: faultmod's unwrap-value-len, model
+// "sim Luna") gets it, by identity, and imports keys; SoftHSM, which
+// refuses it, never gets it (every other test).
+func TestUnwrapValueLen(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	keks := newKEKs(t, kekSpec{"vlen-aes", provider.KEKAES256}, kekSpec{"vlen-rsa", provider.KEKRSA2048})
+	setFaults(t, "personality unwrap-value-len")
+	p, err := provider.Open(ctx, config(0))
+	require.NoError(t, err)
+	defer p.Close()
+	pr := p.Profile()
+	assert.Equal(t, "Thales Luna", pr.Name)
+	assert.True(t, pr.UnwrapValueLen)
+	assert.Equal(t, "caller", pr.GCMIV, "probed: this simulation takes the caller's iv")
+	k, err := p.Generate(ctx, provider.AES256)
+	require.NoError(t, err)
+	defer k.Destroy(ctx)
+	for _, kek := range keks {
+		exp, err := p.Export(ctx, k, []*provider.KEK{kek}, provider.Options{})
+		require.NoError(t, err)
+		k2, err := p.Import(ctx, exp, provider.Options{})
+		require.NoError(t, err, "import under %v", kek)
+		require.NoError(t, k2.Destroy(ctx))
+	}
+}

@@ -134,7 +134,8 @@ func (p *Provider) Profile() TokenProfile {
 	return profileOf(p.token, pp)
 }
 
-// Profile is the profile of the token this Admin manages.
+// Profile is the profile of the token this Admin manages, by its identity
+// only (an Admin does not probe).
 func (a *Admin) Profile() TokenProfile { return profileOf(a.token, nil) }
 
 // DefaultKEKType is the KEK type 'hsmkeys kek create' makes when none is

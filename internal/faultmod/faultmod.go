@@ -162,6 +162,10 @@ import (
 // Personalities are the names a personality line takes.
 var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm", "cryptoki-2.20", "unwrap-value-len"}
 
+// BUG(faultmod): The personalities track the GCM operation of at most 512
+// sessions at once; beyond that an iv-append encryption comes back without
+// its IV, as from a token that takes the caller's.
+
 // Environment variables read by faultmod.so.
 const (
 	EnvTarget  = "FAULTMOD_TARGET"

@@ -75,6 +75,9 @@ type Config struct {
 	// match holds the URI's attributes that have no field above; set by
 	// resolve.
 	match tokenMatch
+
+	// diagnostic: opened by OpenDiagnostic (no requirement enforced).
+	diagnostic bool
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.

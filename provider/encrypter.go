@@ -6,8 +6,10 @@ package provider
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -85,12 +87,18 @@ func (p *Provider) NewEncrypter(ctx context.Context, dst io.Writer, to []*KEK, o
 			return err
 		}
 		w.h = h
-		if err := cms.WriteHeader(w.bw, h, -1); err != nil {
+		k.seals.Add(1)
+		// Started before the header: a token that makes its own IV gives
+		// it now (p11.GCMEncrypt).
+		w.enc, err = p.pool.GCMEncrypt(s, k.obj, h.Nonce, h.AAD())
+		if errors.Is(err, p11.ErrNoStreaming) {
+			w.whole, err = []byte{}, nil // the message is held until Close (encryptWhole)
+			return nil
+		}
+		if err := w.check(err); err != nil {
 			return err
 		}
-		k.seals.Add(1)
-		w.enc, err = p.pool.GCMEncrypt(s, k.obj, h.Nonce, h.AAD())
-		return w.check(err)
+		return cms.WriteHeader(w.bw, h, -1)
 	})
 	if err != nil {
 		w.fail(err)
@@ -124,6 +132,9 @@ type encrypter struct {
 
 	s   *p11.Session       // held from NewEncrypter to the end
 	enc *p11.EncryptStream // the AES-GCM operation on s
+	// whole is the plaintext so far, non-nil instead of enc where the token
+	// cannot stream GCM (TokenProfile.MultiPartGCM); sealed at Close.
+	whole []byte
 }
 
 // Write encrypts p, handing the token whole chunks.
@@ -142,6 +153,15 @@ func (w *encrypter) Write(b []byte) (int, error) {
 	if w.n+int64(len(b)) > maxGCMContent {
 		w.fail(fmt.Errorf("%w: the input is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput))
 		return 0, w.err
+	}
+	if w.whole != nil {
+		if len(w.whole)+len(b) > MaxSealSize {
+			w.fail(fmt.Errorf("%w: this token cannot stream aes-gcm, and the message is more than %d bytes", ErrUnsupported, MaxSealSize))
+			return 0, w.err
+		}
+		w.whole = append(w.whole, b...)
+		w.n += int64(len(b))
+		return len(b), nil
 	}
 	chunk := cap(w.buf)
 	written := 0
@@ -207,6 +227,13 @@ func (w *encrypter) Close() error {
 	}
 	var tag []byte
 	err := w.k.guard("content", func() error {
+		if w.whole != nil {
+			err := w.p.encryptWhole(w.s, w.k.obj, w.h, w.bw, bytes.NewReader(w.whole), -1)
+			clear(w.whole)
+			w.whole = nil
+			w.release()
+			return w.check(err)
+		}
 		if w.enc == nil {
 			return ErrKeyDestroyed
 		}
@@ -234,7 +261,7 @@ func (w *encrypter) Close() error {
 		w.release()
 		return nil
 	})
-	if err == nil {
+	if err == nil && tag != nil {
 		err = cms.WriteTrailer(w.bw, w.h, -1, tag)
 	}
 	if err == nil {
@@ -269,6 +296,8 @@ func (w *encrypter) fail(err error) {
 	}
 	clear(w.buf)
 	w.buf = w.buf[:0]
+	clear(w.whole)
+	w.whole = nil
 	// Key.destroy calls detach under the key's write lock.
 	w.k.Destroy(context.WithoutCancel(w.ctx))
 	// If the provider was closing (Destroy did nothing; Close's own destroy

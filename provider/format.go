@@ -21,7 +21,6 @@ import (
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/cms"
 	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
-	"github.com/miekg/pkcs11"
 )
 
 // ErrMalformed: the input is not a well-formed CMS message of ours:
@@ -696,13 +695,9 @@ func wrapAlgName(oid asn1.ObjectIdentifier) string {
 }
 
 // isAuthFailure reports whether a token error from C_Decrypt under AES-GCM
-// means "tag mismatch": SoftHSM says CKR_GENERAL_ERROR (TOKEN-FACTS), the
-// standard says CKR_ENCRYPTED_DATA_INVALID.
+// means "tag mismatch", by the codes of the token's profile (p11.OpenGCM
+// marks them with p11.ErrBadTag: CKR_GENERAL_ERROR on SoftHSM only, the
+// standard CKR_ENCRYPTED_DATA_INVALID everywhere).
 func isAuthFailure(err error) bool {
-	code, _ := p11.CodeOf(err)
-	switch code {
-	case pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE:
-		return true
-	}
-	return false
+	return errors.Is(err, p11.ErrBadTag)
 }

@@ -586,15 +586,30 @@ func (p *Provider) wrapWith(s *p11.Session, obj p11.Object, alg Algorithm, kek *
 	return nil, kekErr(last)
 }
 
-// oaepOrder is the OAEP hashes to try: the one that worked last, or SHA-256
-// then SHA-1.
+// oaepOrder is the OAEP hashes to try: the one that worked last, or those
+// the token's profile lists, strongest first (SoftHSM: SHA-1 only;
+// unknown tokens: SHA-256 then SHA-1).
 func (p *Provider) oaepOrder() []WrapMechanism {
 	p.oaepMu.Lock()
 	defer p.oaepMu.Unlock()
 	if p.oaep != 0 {
 		return []WrapMechanism{p.oaep}
 	}
-	return []WrapMechanism{RSAOAEPSHA256, RSAOAEPSHA1}
+	var out []WrapMechanism
+	if prof := p.pool.Profile(); prof != nil {
+		for _, h := range prof.OAEPHashes {
+			switch h {
+			case pkcs11.CKM_SHA256:
+				out = append(out, RSAOAEPSHA256)
+			case pkcs11.CKM_SHA_1:
+				out = append(out, RSAOAEPSHA1)
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = []WrapMechanism{RSAOAEPSHA256, RSAOAEPSHA1}
+	}
+	return out
 }
 
 func (p *Provider) oaepWorks(m WrapMechanism) {

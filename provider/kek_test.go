@@ -761,7 +761,7 @@ func TestDoctor(t *testing.T) {
 		byName[c.Name] = c
 	}
 	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping", "wrap template", "unwrap template",
-		"aes kek mechanisms", "rsa kek mechanisms", "session key attributes", "session key", "kek " + good.Label + " v1"} {
+		"aes kek mechanisms", "rsa kek mechanisms", "session key attributes", "session key generate", "session key seal and open", "session key tamper", "session key destroy", "export policy none", "export policy trusted", "kek " + good.Label + " v1"} {
 		require.Contains(t, byName, name)
 		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
 		assert.False(t, byName[name].Unchecked, "%s: %s", name, byName[name].Detail)

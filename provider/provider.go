@@ -86,6 +86,11 @@ type EnforcementCheck struct {
 	// Warning: OK, but something the administrator chose or should know
 	// (an AES KEK stored in clear at rest, a foreign object).
 	Warning bool
+	// Needs is the export policy the row matters for, in Doctor: "none"
+	// for what every use needs (session keys, seal and open, messages'
+	// content), "trusted" for what only exporting and importing keys
+	// (wrapping under KEKs) needs; "" for information.
+	Needs string
 }
 
 // Enforcement returns the checks Open made of the export policy; empty under
@@ -211,6 +216,16 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	}
 }
 
+// OpenDiagnostic opens the token as Open does, under ExportNone, but does
+// not refuse it for what it lacks (CKM_AES_GCM, AES key wrap) or fails to
+// enforce: it is for Doctor, which reports every such thing. Operations
+// the token cannot do fail when tried.
+func OpenDiagnostic(ctx context.Context, cfg Config) (*Provider, error) {
+	cfg.ExportPolicy = ExportNone
+	cfg.diagnostic = true
+	return Open(ctx, cfg)
+}
+
 // openTransient reports whether Open may try again after err (try tries
 // so far): the token was not in the slot list, or a call that had no effect
 // failed as a busy token's calls do (p11.Transient). A refused PIN never
@@ -248,8 +263,10 @@ func (p *Provider) open(ctx context.Context) error {
 		return err
 	}
 	p.token = tok
-	if err := p.checkMechanisms(); err != nil {
-		return err
+	if !p.cfg.diagnostic {
+		if err := p.checkMechanisms(); err != nil {
+			return err
+		}
 	}
 	if p.cfg.PIN == nil {
 		return fmt.Errorf("%w: no pin source (session keys are private objects and need a login)", ErrConfig)
@@ -270,7 +287,8 @@ func (p *Provider) open(ctx context.Context) error {
 	p.pool = pool
 	pool.SetHooks(p.obs.poolHooks())
 	defer pool.Put(first)
-	if p.cfg.ExportPolicy == ExportTrusted {
+	p.probeProfile(first)
+	if p.cfg.ExportPolicy == ExportTrusted && !p.cfg.diagnostic {
 		for _, r := range pool.CheckEnforcement(first) {
 			p.enforcement = append(p.enforcement, EnforcementCheck{Name: r.Name, OK: r.OK, Detail: r.Detail, Unchecked: r.Unchecked})
 			if !r.OK && !r.Unchecked {
@@ -636,6 +654,9 @@ func mapSentinel(err error) error {
 		return ErrClosed
 	case errors.Is(err, p11.ErrWrappedKeyInvalid):
 		return fmt.Errorf("%w: %w", ErrWrappedKeyInvalid, err)
+	case errors.Is(err, p11.ErrTokenIV), errors.Is(err, p11.ErrTooLarge), errors.Is(err, p11.ErrNoStreaming):
+		// What the token's profile says it cannot do (profile.go).
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	code, ok := p11.CodeOf(err)
 	if !ok {

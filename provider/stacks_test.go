@@ -132,7 +132,7 @@ func TestP11KitProxyRoundTrip(t *testing.T) {
 		byName[c.Name] = c
 	}
 	for _, name := range []string{"mechanism CKM_AES_GCM", "mechanism CKM_AES_KEY_WRAP", "trusted-only wrapping",
-		"wrap template", "unwrap template", "session key", "kek " + aesKEK.Label + " v1", "kek " + rsaKEK.Label + " v1"} {
+		"wrap template", "unwrap template", "session key seal and open", "session key tamper", "export policy trusted", "kek " + aesKEK.Label + " v1", "kek " + rsaKEK.Label + " v1"} {
 		require.Contains(t, byName, name)
 		assert.True(t, byName[name].OK, "%s: %s", name, byName[name].Detail)
 	}
@@ -214,15 +214,32 @@ func TestNSSSoftoken(t *testing.T) {
 	require.Error(t, err, "a flipped tag bit is refused")
 	t.Logf("NSS, flipped tag: %v", err)
 
-	// What NSS does where SoftHSM enforces: recorded, not required (the
-	// doctor and profile work reads these).
+	// The profile: probed single-part GCM only, the caller's IV, the
+	// standard bad-tag code (measured; TOKEN-FACTS).
+	prof := p.Profile()
+	assert.Equal(t, "NSS softoken", prof.Name)
+	assert.False(t, prof.MultiPartGCM, "%+v", prof)
+	assert.Equal(t, "caller", prof.GCMIV)
+	assert.NotContains(t, prof.BadTag, "CKR_GENERAL_ERROR")
+
+	// doctor reports every check, whatever fails before it (NSS enforces
+	// none of what the trusted policy needs, and has no SO).
 	checks, err := p.Doctor(bg)
-	if err != nil {
-		t.Logf("NSS doctor: %v", err)
-	}
+	require.NoError(t, err)
+	got := map[string]EnforcementCheck{}
 	for _, c := range checks {
-		t.Logf("NSS doctor: %-28s ok=%-5v %s", c.Name, c.OK, c.Detail)
+		t.Logf("NSS doctor: %-28s %-8s ok=%-5v unchecked=%-5v %s", c.Name, c.Needs, c.OK, c.Unchecked, c.Detail)
+		got[c.Name] = c
 	}
+	for _, name := range doctorRows {
+		assert.Contains(t, got, name, "doctor left out a check")
+	}
+	assert.True(t, got["session key seal and open"].OK)
+	// NSS 3.87 lets C_CopyObject give a CKA_MODIFIABLE=false session key
+	// other attributes (measured): doctor says so under none too.
+	assert.False(t, got["session key attributes"].OK)
+	assert.Contains(t, got["export policy none"].Detail, "session key attributes")
+	assert.False(t, got["export policy trusted"].OK, "%+v", got["export policy trusted"])
 	_, err = Open(bg, Config{
 		Module: nssSoftoken, InitArgs: args, TokenLabel: "NSS Certificate DB",
 		PIN: PINValue([]byte(pin)),
@@ -234,6 +251,17 @@ func TestNSSSoftoken(t *testing.T) {
 		assert.False(t, errors.Is(err, ErrConfig) && strings.Contains(err.Error(), "C_Initialize"), "not an initialisation failure: %v", err)
 	}
 	require.NoError(t, k.Destroy(bg))
+}
+
+// doctorRows are the rows Doctor gives on every token that opens, each
+// tried on its own.
+var doctorRows = []string{
+	"mechanism CKM_AES_KEY_GEN", "mechanism CKM_AES_GCM", "mechanism CKM_AES_CTR", "mechanism CKM_AES_ECB",
+	"mechanism CKM_AES_KEY_WRAP", "mechanism CKM_RSA_PKCS_OAEP", "mechanism CKM_RSA_PKCS_KEY_PAIR_GEN",
+	"token profile", "profile",
+	"trusted-only wrapping", "wrap template", "unwrap template", "aes kek mechanisms", "rsa kek mechanisms", "session key attributes",
+	"session key generate", "session key seal and open", "session key tamper", "session key destroy", "exportable session key",
+	"export policy none", "export policy trusted",
 }
 
 // TestBrokenModuleIsConfigError: a module that cannot be loaded is an

@@ -34,9 +34,9 @@ const DefaultChunkSize = 32 << 10
 // chunkSize is the part size of this provider's streams.
 func (p *Provider) chunkSize() int {
 	if p.cfg.ChunkSize > 0 {
-		return p.cfg.ChunkSize
+		return p.partSize(p.cfg.ChunkSize)
 	}
-	return DefaultChunkSize
+	return p.partSize(DefaultChunkSize)
 }
 
 // oneShotLimit is the largest message decrypted with the token's own
@@ -121,14 +121,19 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 
 // encryptContent writes header, GCM ciphertext of src and trailer.
 func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.Object, h *cms.Header, w io.Writer, src io.Reader, size int64) error {
-	if err := cms.WriteHeader(w, h, size); err != nil {
-		return err
-	}
+	// The encryption starts before the header is written: a token that
+	// makes its own IV gives it now (p11.GCMEncrypt).
 	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
+	if errors.Is(err, p11.ErrNoStreaming) {
+		return p.encryptWhole(s, key, h, w, src, size)
+	}
 	if err != nil {
 		return err
 	}
 	defer enc.Abort()
+	if err := cms.WriteHeader(w, h, size); err != nil {
+		return err
+	}
 	emit := func(c []byte) error {
 		if size >= 0 {
 			_, err := w.Write(c)
@@ -279,7 +284,7 @@ func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Mes
 		return err
 	}
 	defer k.Destroy(context.WithoutCancel(ctx))
-	if m.ContentLen <= oneShotLimit {
+	if m.ContentLen <= p.oneShotMax() {
 		return p.decryptOneShot(ctx, dst, k, m)
 	}
 	return p.decryptStreaming(ctx, dst, k, m)

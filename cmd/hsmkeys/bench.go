@@ -77,7 +77,11 @@ func (c *cli) cmdBench(ctx context.Context, args []string) error {
 	case *size < 0 || *size > provider.MaxSealSize:
 		return usagef(fs.spec.path, "--size %d: want 0 to %d", *size, provider.MaxSealSize)
 	}
-	p, err := c.openProvider(ctx, provider.ExportTrusted, *workers+1)
+	need := provider.ExportNone // generate and seal run under either policy
+	if slices.Contains(bc.ops, "export") || slices.Contains(bc.ops, "import") {
+		need = provider.ExportTrusted
+	}
+	p, err := c.openProvider(ctx, need, *workers+1)
 	if err != nil {
 		return err
 	}

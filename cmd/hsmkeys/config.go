@@ -237,14 +237,47 @@ func readCapped(path string, limit int64) ([]byte, error) {
 
 // openProvider opens the token for session keys. Commands that administer
 // KEKs must not hold one: its user login would keep the SO out.
+//
+// policy is what the command needs: ExportTrusted for one that exports or
+// imports wrapped keys (key, encrypt, decrypt, rewrap: a message's key is
+// wrapped for its recipients), which is refused under --export-policy none
+// (HSMKEYS_EXPORT_POLICY); ExportNone for one that works under either
+// (selftest, bench of generate and seal), which then runs under the policy
+// chosen, trusted by default.
 func (c *cli) openProvider(ctx context.Context, policy provider.ExportPolicy, maxSessions int) (*provider.Provider, error) {
+	chosen, err := c.chosenPolicy()
+	if err != nil {
+		return nil, err
+	}
+	if policy == provider.ExportTrusted && chosen == provider.ExportNone {
+		return nil, withHint(fmt.Errorf("%w: this command exports or imports wrapped keys (a message's key is wrapped for its recipients), which export policy none forbids", provider.ErrPolicy),
+			"run it under export policy trusted (drop --export-policy none, unset HSMKEYS_EXPORT_POLICY) on a token that 'hsmkeys doctor' shows usable for it; selftest and bench --op seal run under none")
+	}
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
 	}
-	cfg.ExportPolicy = policy
+	cfg.ExportPolicy = chosen
 	cfg.MaxSessions = maxSessions
 	return provider.Open(ctx, cfg)
+}
+
+// chosenPolicy is --export-policy, HSMKEYS_EXPORT_POLICY, or trusted.
+func (c *cli) chosenPolicy() (provider.ExportPolicy, error) {
+	if c.exportPolicy == "" {
+		return provider.ExportTrusted, nil
+	}
+	return provider.ParseExportPolicy(c.exportPolicy)
+}
+
+// openDiagnostic opens the token for doctor: under export policy none, and
+// not refused for what it lacks (provider.OpenDiagnostic).
+func (c *cli) openDiagnostic(ctx context.Context) (*provider.Provider, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	return provider.OpenDiagnostic(ctx, cfg)
 }
 
 // openAdmin opens the token for KEK administration; with so, the SO PIN

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"text/tabwriter"
-
-	"github.com/hsmkeys/hsmkeys/provider"
 )
 
 var doctorSpec = spec{
@@ -31,6 +29,7 @@ type checkJSON struct {
 	OK        bool   `json:"ok"`
 	Unchecked bool   `json:"unchecked"`
 	Warning   bool   `json:"warning"`
+	Needs     string `json:"needs,omitempty"`
 	Detail    string `json:"detail"`
 }
 
@@ -44,7 +43,7 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 	if err := noOperands(fs, operands); err != nil {
 		return err
 	}
-	p, err := c.openProvider(ctx, provider.ExportNone, 0)
+	p, err := c.openDiagnostic(ctx)
 	if err != nil {
 		return err
 	}
@@ -56,7 +55,7 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 	failed := 0
 	out := make([]checkJSON, len(checks))
 	for i, ch := range checks {
-		out[i] = checkJSON{ch.Name, ch.OK, ch.Unchecked, ch.Warning, ch.Detail}
+		out[i] = checkJSON{ch.Name, ch.OK, ch.Unchecked, ch.Warning, ch.Needs, ch.Detail}
 		if !ch.OK && !ch.Unchecked {
 			failed++
 		}
@@ -67,6 +66,7 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "STATUS\tNEEDED FOR\tCHECK\tDETAIL\n")
 		for _, ch := range checks {
 			status := "ok"
 			switch {
@@ -77,7 +77,7 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 			case ch.Warning:
 				status = "WARN"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", status, ch.Name, ch.Detail)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", status, neededFor(ch.Needs), ch.Name, ch.Detail)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -88,4 +88,15 @@ func (c *cli) cmdDoctor(ctx context.Context, args []string) error {
 			"the checks marked FAIL say what the token does not enforce; KEKs with problems are refused for every use")
 	}
 	return nil
+}
+
+// neededFor says which export policies a doctor row matters for.
+func neededFor(needs string) string {
+	switch needs {
+	case "none":
+		return "none+trusted"
+	case "trusted":
+		return "trusted"
+	}
+	return "-"
 }

@@ -2,7 +2,10 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
+
+	"github.com/hsmkeys/hsmkeys/provider"
 )
 
 // globalFlag is a flag every command accepts, before or after its name.
@@ -26,6 +29,8 @@ var globalFlags = []globalFlag{
 		bind: func(c *cli) *string { return &c.uri }},
 	{name: "init-args", arg: "STRING", usage: "passed to the module's C_Initialize (NSS softoken: \"configdir='sql:/path/to/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=\")", def: "$HSMKEYS_INIT_ARGS, else none", env: "HSMKEYS_INIT_ARGS",
 		bind: func(c *cli) *string { return &c.initArgs }},
+	{name: "export-policy", arg: "none|trusted", usage: "trusted: session keys may leave wrapped under trusted KEKs; none: they never leave (selftest, doctor, bench --op generate|seal; commands that wrap keys for KEKs are refused)", def: "$HSMKEYS_EXPORT_POLICY, else trusted", env: "HSMKEYS_EXPORT_POLICY",
+		bind: func(c *cli) *string { return &c.exportPolicy }},
 	{name: "json", usage: "one JSON document on stdout, for scripts (with a schema version; on failure error, hint and exit status)", def: "false"},
 	{name: "pin-file", arg: "FILE", usage: "the user PIN, first line of FILE", def: "$HSMKEYS_PIN, $HSMKEYS_PIN_FILE, else asked on the terminal",
 		bind: func(c *cli) *string { return &c.pinFile }},
@@ -74,6 +79,11 @@ func (c *cli) noteGlobals(fs *flag.FlagSet) error {
 	})
 	if c.tokenSet && c.uriSet {
 		return &usageError{msg: "--token and --uri both name the token; give one of them"}
+	}
+	if c.exportPolicy != "" {
+		if _, err := provider.ParseExportPolicy(c.exportPolicy); err != nil {
+			return &usageError{msg: fmt.Sprintf("--export-policy %q: want none or trusted", c.exportPolicy)}
+		}
 	}
 	if c.uriSet {
 		if err := refusePINInURI(c.uri); err != nil {

@@ -63,6 +63,7 @@ func groupHelp(group string, cmds []*command) string {
 var environment = [][2]string{
 	{"HSMKEYS_MODULE, HSMKEYS_TOKEN, HSMKEYS_URI", "defaults for --module, --token, --uri"},
 	{"HSMKEYS_INIT_ARGS", "default for --init-args"},
+	{"HSMKEYS_EXPORT_POLICY", "default for --export-policy"},
 	{"HSMKEYS_PIN, HSMKEYS_PIN_FILE", "the user PIN, or a file holding it"},
 	{"HSMKEYS_SO_PIN, HSMKEYS_SO_PIN_FILE", "the Security Officer PIN, or a file holding it"},
 }

@@ -33,12 +33,13 @@ type cli struct {
 
 	// describe, when set, receives the flag set of the command instead of
 	// running it (see registry.go).
-	describe func(fs *flags)
-	path     string         // the command being run: "kek list"
-	result   *jsonDoc       // the --json document, written once the command ends
-	sig      atomic.Int32   // the signal that interrupted the command, if one did
-	prompted [2]atomic.Bool // the user (0) or SO (1) PIN was typed at the prompt
-	term     *termLine      // the progress line on the terminal, if any
+	describe     func(fs *flags)
+	path         string         // the command being run: "kek list"
+	result       *jsonDoc       // the --json document, written once the command ends
+	sig          atomic.Int32   // the signal that interrupted the command, if one did
+	prompted     [2]atomic.Bool // the user (0) or SO (1) PIN was typed at the prompt
+	term         *termLine      // the progress line on the terminal, if any
+	exportPolicy string         // --export-policy: "trusted" (default) or "none"
 }
 
 // run is the whole command: main only turns its result into an exit status,

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +104,7 @@ struct config {
 	int errors;
 	struct hold holds[MAX_HOLDS];
 	int nholds;
+	unsigned personality;	/* P_* bits: simulated vendor behaviour */
 };
 
 struct filekey {
@@ -365,6 +367,51 @@ static const char *parse_hold(struct config *c, char **w, int n)
 	return NULL;
 }
 
+/*
+ * Personalities: vendor behaviour simulated over SoftHSM (see faultmod.go).
+ * Each reports itself by its own C_GetTokenInfo model, so that profile by
+ * identity can be tested too.
+ */
+enum {
+	P_IV_PARAMS = 1,	/* makes the GCM IV, writes it into pIv (CloudHSM) */
+	P_IV_APPEND = 2,	/* makes the GCM IV, returns ct || tag || iv */
+	P_CAP16K = 4,		/* at most 16 KiB per encrypt/decrypt call */
+	P_NO_MULTIPART_GCM = 8,	/* C_*Update under CKM_AES_GCM refused */
+	P_TAG_INVALID = 16,	/* bad tag: CKR_ENCRYPTED_DATA_INVALID */
+	P_NO_GCM = 32,		/* no CKM_AES_GCM, no AES key wrap */
+	P_CRYPTOKI_220 = 64,	/* Cryptoki 2.20: no CKA_COPYABLE, CKA_WRAP_WITH_TRUSTED */
+	P_UNWRAP_VALUE_LEN = 128,	/* unwrap templates need CKA_VALUE_LEN (Luna) */
+};
+#define CAP_BYTES 16384
+#define GCM_IV 12
+
+static const struct {
+	const char *name;
+	unsigned bit;
+	const char *model;	/* at most 16 bytes */
+} personalities[] = {
+	/* First: with others, its model gives the limit by identity. */
+	{ "cap16k", P_CAP16K, "sim CloudHSM" },
+	{ "iv-params", P_IV_PARAMS, "sim-iv-params" },
+	{ "iv-append", P_IV_APPEND, "sim-iv-append" },
+	{ "no-multipart-gcm", P_NO_MULTIPART_GCM, "sim-no-mp-gcm" },
+	{ "tag-invalid", P_TAG_INVALID, "sim-tag-invalid" },
+	{ "no-gcm", P_NO_GCM, "sim-no-gcm" },
+	{ "cryptoki-2.20", P_CRYPTOKI_220, "sim-cryptoki220" },
+	{ "unwrap-value-len", P_UNWRAP_VALUE_LEN, "sim Luna" },
+};
+#define NPERSONALITIES (sizeof(personalities) / sizeof(personalities[0]))
+
+static unsigned personality_bit(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NPERSONALITIES; i++)
+		if (strcmp(personalities[i].name, name) == 0)
+			return personalities[i].bit;
+	return 0;
+}
+
 static const char *parse_line(struct config *c, char *line)
 {
 	char *w[MAX_WORDS], *save = NULL, *tok, *hash;
@@ -428,6 +475,19 @@ static const char *parse_line(struct config *c, char *line)
 		if (n != 1)
 			return "want: stats";
 		c->stats = 1;
+		return NULL;
+	}
+	if (strcmp(w[0], "personality") == 0) {
+		int i;
+		unsigned bit;
+
+		if (n < 2)
+			return "want: personality NAME...";
+		for (i = 1; i < n; i++) {
+			if ((bit = personality_bit(w[i])) == 0)
+				return "unknown personality (cap16k, iv-params, iv-append, no-multipart-gcm, tag-invalid, no-gcm, cryptoki-2.20, unwrap-value-len)";
+			c->personality |= bit;
+		}
 		return NULL;
 	}
 	if (strcmp(w[0], "token_gone") == 0) {
@@ -1334,15 +1394,6 @@ static CK_RV fm_C_CloseAllSessions(CK_SLOT_ID slotID)
 		return finish(&c, rv);						\
 	}
 
-FWD(C_GetInfo, 0,
-    (CK_INFO_PTR pInfo),
-    (pInfo))
-FWD(C_GetTokenInfo, 0,
-    (CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo),
-    (slotID, pInfo))
-FWD(C_GetMechanismList, 0,
-    (CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount),
-    (slotID, pMechanismList, pulCount))
 FWD(C_GetMechanismInfo, 0,
     (CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo),
     (slotID, type, pInfo))
@@ -1370,12 +1421,6 @@ FWD(C_Login, hSession,
 FWD(C_Logout, hSession,
     (CK_SESSION_HANDLE hSession),
     (hSession))
-FWD(C_CreateObject, hSession,
-    (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject),
-    (hSession, pTemplate, ulCount, phObject))
-FWD(C_CopyObject, hSession,
-    (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject),
-    (hSession, hObject, pTemplate, ulCount, phNewObject))
 FWD(C_DestroyObject, hSession,
     (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject),
     (hSession, hObject))
@@ -1397,30 +1442,6 @@ FWD(C_FindObjects, hSession,
 FWD(C_FindObjectsFinal, hSession,
     (CK_SESSION_HANDLE hSession),
     (hSession))
-FWD(C_EncryptInit, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey),
-    (hSession, pMechanism, hKey))
-FWD(C_Encrypt, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData, CK_ULONG_PTR pulEncryptedDataLen),
-    (hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen))
-FWD(C_EncryptUpdate, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen),
-    (hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen))
-FWD(C_EncryptFinal, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart, CK_ULONG_PTR pulLastEncryptedPartLen),
-    (hSession, pLastEncryptedPart, pulLastEncryptedPartLen))
-FWD(C_DecryptInit, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey),
-    (hSession, pMechanism, hKey))
-FWD(C_Decrypt, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen),
-    (hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen))
-FWD(C_DecryptUpdate, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen),
-    (hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen))
-FWD(C_DecryptFinal, hSession,
-    (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart, CK_ULONG_PTR pulLastPartLen),
-    (hSession, pLastPart, pulLastPartLen))
 FWD(C_DigestInit, hSession,
     (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism),
     (hSession, pMechanism))
@@ -1484,18 +1505,9 @@ FWD(C_SignEncryptUpdate, hSession,
 FWD(C_DecryptVerifyUpdate, hSession,
     (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen),
     (hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen))
-FWD(C_GenerateKey, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey),
-    (hSession, pMechanism, pTemplate, ulCount, phKey))
 FWD(C_GenerateKeyPair, hSession,
     (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate, CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate, CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey, CK_OBJECT_HANDLE_PTR phPrivateKey),
     (hSession, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount, pPrivateKeyTemplate, ulPrivateKeyAttributeCount, phPublicKey, phPrivateKey))
-FWD(C_WrapKey, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen),
-    (hSession, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen))
-FWD(C_UnwrapKey, hSession,
-    (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey),
-    (hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey))
 FWD(C_DeriveKey, hSession,
     (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey),
     (hSession, pMechanism, hBaseKey, pTemplate, ulAttributeCount, phKey))
@@ -1514,6 +1526,489 @@ FWD(C_CancelFunction, hSession,
 FWD(C_WaitForSlotEvent, 0,
     (CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRserved),
     (flags, pSlot, pRserved))
+
+/* ---------- personalities: simulated vendor behaviour ---------- */
+
+/* One GCM operation in progress per session, for the personalities. */
+struct gcmop {
+	CK_SESSION_HANDLE h;
+	int used;
+	int enc, dec;		/* a GCM encryption / decryption is active */
+	int append;		/* IV to append at the end of the encryption */
+	CK_BYTE iv[GCM_IV];
+};
+#define MAX_GCMOPS 512
+static struct gcmop gcmops[MAX_GCMOPS];	/* guarded by mu */
+
+static unsigned personality(void)
+{
+	unsigned p;
+
+	lock(&mu);
+	p = st.cfg.personality;
+	unlock(&mu);
+	return p;
+}
+
+/* gcmop_get (mu held) finds the state of session h, making it if create. */
+static struct gcmop *gcmop_get(CK_SESSION_HANDLE h, int create)
+{
+	int i, free_i = -1;
+
+	for (i = 0; i < MAX_GCMOPS; i++) {
+		if (gcmops[i].used && gcmops[i].h == h)
+			return &gcmops[i];
+		if (!gcmops[i].used && free_i < 0)
+			free_i = i;
+	}
+	if (!create || free_i < 0)
+		return NULL;
+	memset(&gcmops[free_i], 0, sizeof(gcmops[free_i]));
+	gcmops[free_i].used = 1;
+	gcmops[free_i].h = h;
+	return &gcmops[free_i];
+}
+
+/* gcm_state copies the state of session h (all zero when none). */
+static struct gcmop gcm_state(CK_SESSION_HANDLE h)
+{
+	struct gcmop o, *g;
+
+	memset(&o, 0, sizeof(o));
+	lock(&mu);
+	g = gcmop_get(h, 0);
+	if (g)
+		o = *g;
+	unlock(&mu);
+	return o;
+}
+
+static void gcm_set(CK_SESSION_HANDLE h, int enc, int dec, int append, const CK_BYTE *iv)
+{
+	struct gcmop *g;
+
+	lock(&mu);
+	g = gcmop_get(h, enc || dec);
+	if (g) {
+		if (enc >= 0)
+			g->enc = enc;
+		if (dec >= 0)
+			g->dec = dec;
+		if (append >= 0)
+			g->append = append;
+		if (iv)
+			memcpy(g->iv, iv, GCM_IV);
+		if (!g->enc && !g->dec)
+			g->used = 0;
+	}
+	unlock(&mu);
+}
+
+static int is_kw(CK_MECHANISM_TYPE m)
+{
+	return m == CKM_AES_KEY_WRAP || m == CKM_AES_KEY_WRAP_PAD || m == 0x210B;
+}
+
+static void pad_copy(CK_UTF8CHAR *dst, size_t n, const char *src)
+{
+	size_t l = strlen(src);
+
+	memset(dst, ' ', n);
+	memcpy(dst, src, l < n ? l : n);
+}
+
+static CK_RV fm_C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
+{
+	struct call c;
+	CK_RV rv;
+	unsigned p;
+	size_t i;
+
+	if (begin(&c, FN_C_GetTokenInfo, 0, &rv))
+		return rv;
+	rv = c.real->C_GetTokenInfo(slotID, pInfo);
+	p = personality();
+	if (rv == CKR_OK && pInfo && p) {
+		for (i = 0; i < NPERSONALITIES; i++) {
+			if (p & personalities[i].bit) {
+				pad_copy(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), "hsmkeys faultmod");
+				pad_copy(pInfo->model, sizeof(pInfo->model), personalities[i].model);
+				break;
+			}
+		}
+	}
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount)
+{
+	struct call c;
+	CK_RV rv;
+	CK_ULONG n = 0, i, k;
+	CK_MECHANISM_TYPE_PTR all;
+
+	if (begin(&c, FN_C_GetMechanismList, 0, &rv))
+		return rv;
+	if (!(personality() & P_NO_GCM) || !pulCount)
+		return finish(&c, c.real->C_GetMechanismList(slotID, pMechanismList, pulCount));
+	rv = c.real->C_GetMechanismList(slotID, NULL, &n);
+	if (rv != CKR_OK)
+		return finish(&c, rv);
+	all = calloc(n + 1, sizeof(*all));
+	if (!all)
+		return finish(&c, CKR_HOST_MEMORY);
+	rv = c.real->C_GetMechanismList(slotID, all, &n);
+	if (rv == CKR_OK) {
+		for (i = 0, k = 0; i < n; i++)
+			if (all[i] != CKM_AES_GCM && !is_kw(all[i]))
+				all[k++] = all[i];
+		if (pMechanismList && *pulCount < k)
+			rv = CKR_BUFFER_TOO_SMALL;
+		else if (pMechanismList)
+			memcpy(pMechanismList, all, k * sizeof(*all));
+		*pulCount = k;
+	}
+	free(all);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+	struct call c;
+	CK_RV rv;
+	unsigned p;
+	CK_GCM_PARAMS gp, *caller;
+	CK_MECHANISM m;
+	CK_BYTE iv[GCM_IV];
+	int gcm = pMechanism && pMechanism->mechanism == CKM_AES_GCM;
+
+	if (begin(&c, FN_C_EncryptInit, hSession, &rv))
+		return rv;
+	p = personality();
+	if (gcm && (p & P_NO_GCM))
+		return finish(&c, CKR_MECHANISM_INVALID);
+	if (!gcm || !(p & (P_IV_PARAMS | P_IV_APPEND))) {
+		rv = c.real->C_EncryptInit(hSession, pMechanism, hKey);
+		if (rv == CKR_OK)
+			gcm_set(hSession, gcm, -1, 0, NULL);
+		return finish(&c, rv);
+	}
+	/* The token makes the IV and ignores the caller's. */
+	if (!pMechanism->pParameter || pMechanism->ulParameterLen != sizeof(CK_GCM_PARAMS))
+		return finish(&c, CKR_MECHANISM_PARAM_INVALID);
+	caller = pMechanism->pParameter;
+	if ((p & P_IV_PARAMS) && (!caller->pIv || caller->ulIvLen != GCM_IV))
+		return finish(&c, CKR_MECHANISM_PARAM_INVALID);
+	if (getrandom(iv, sizeof(iv), 0) != (ssize_t)sizeof(iv))
+		return finish(&c, CKR_DEVICE_ERROR);
+	gp = *caller;
+	gp.pIv = iv;
+	gp.ulIvLen = GCM_IV;
+	gp.ulIvBits = GCM_IV * 8;
+	m = *pMechanism;
+	m.pParameter = &gp;
+	rv = c.real->C_EncryptInit(hSession, &m, hKey);
+	if (rv == CKR_OK) {
+		if (p & P_IV_PARAMS)
+			memcpy(caller->pIv, iv, GCM_IV);
+		gcm_set(hSession, 1, -1, !(p & P_IV_PARAMS), iv);
+	}
+	return finish(&c, rv);
+}
+
+/* encrypt_append runs a C_Encrypt or C_EncryptFinal whose output gets the IV appended. */
+static CK_RV encrypt_append(CK_SESSION_HANDLE h, const struct gcmop *o, CK_BYTE_PTR in, CK_ULONG inLen,
+    CK_BYTE_PTR out, CK_ULONG_PTR outLen, int final, CK_FUNCTION_LIST_PTR r)
+{
+	CK_ULONG need = 0, got;
+	CK_RV rv;
+
+	if (!outLen)
+		return CKR_ARGUMENTS_BAD;
+	rv = final ? r->C_EncryptFinal(h, NULL, &need) : r->C_Encrypt(h, in, inLen, NULL, &need);
+	if (rv != CKR_OK)
+		return rv;
+	if (!out) {
+		*outLen = need + GCM_IV;
+		return CKR_OK;
+	}
+	if (*outLen < need + GCM_IV) {
+		*outLen = need + GCM_IV;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	got = *outLen - GCM_IV;
+	rv = final ? r->C_EncryptFinal(h, out, &got) : r->C_Encrypt(h, in, inLen, out, &got);
+	if (rv == CKR_OK) {
+		memcpy(out + got, o->iv, GCM_IV);
+		*outLen = got + GCM_IV;
+	}
+	return rv;
+}
+
+static int done_op(CK_RV rv, CK_BYTE_PTR out)
+{
+	return rv != CKR_BUFFER_TOO_SMALL && !(rv == CKR_OK && !out);
+}
+
+static CK_RV fm_C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData, CK_ULONG_PTR pulEncryptedDataLen)
+{
+	struct call c;
+	CK_RV rv;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_Encrypt, hSession, &rv))
+		return rv;
+	if ((personality() & P_CAP16K) && ulDataLen > CAP_BYTES) {
+		end_op(c.real->C_EncryptFinal, hSession);
+		gcm_set(hSession, 0, -1, 0, NULL);
+		return finish(&c, CKR_DATA_LEN_RANGE);
+	}
+	if (o.enc && o.append)
+		rv = encrypt_append(hSession, &o, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen, 0, c.real);
+	else
+		rv = c.real->C_Encrypt(hSession, pData, ulDataLen, pEncryptedData, pulEncryptedDataLen);
+	if (done_op(rv, pEncryptedData))
+		gcm_set(hSession, 0, -1, 0, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+{
+	struct call c;
+	CK_RV rv;
+	unsigned p;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_EncryptUpdate, hSession, &rv))
+		return rv;
+	p = personality();
+	if (((p & P_CAP16K) && ulPartLen > CAP_BYTES) || (o.enc && (p & P_NO_MULTIPART_GCM))) {
+		end_op(c.real->C_EncryptFinal, hSession);
+		gcm_set(hSession, 0, -1, 0, NULL);
+		return finish(&c, (p & P_CAP16K) && ulPartLen > CAP_BYTES ? CKR_DATA_LEN_RANGE : CKR_FUNCTION_NOT_SUPPORTED);
+	}
+	rv = c.real->C_EncryptUpdate(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen);
+	if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)
+		gcm_set(hSession, 0, -1, 0, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart, CK_ULONG_PTR pulLastEncryptedPartLen)
+{
+	struct call c;
+	CK_RV rv;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_EncryptFinal, hSession, &rv))
+		return rv;
+	if (o.enc && o.append)
+		rv = encrypt_append(hSession, &o, NULL, 0, pLastEncryptedPart, pulLastEncryptedPartLen, 1, c.real);
+	else
+		rv = c.real->C_EncryptFinal(hSession, pLastEncryptedPart, pulLastEncryptedPartLen);
+	if (done_op(rv, pLastEncryptedPart))
+		gcm_set(hSession, 0, -1, 0, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+	struct call c;
+	CK_RV rv;
+	int gcm = pMechanism && pMechanism->mechanism == CKM_AES_GCM;
+
+	if (begin(&c, FN_C_DecryptInit, hSession, &rv))
+		return rv;
+	if (gcm && (personality() & P_NO_GCM))
+		return finish(&c, CKR_MECHANISM_INVALID);
+	rv = c.real->C_DecryptInit(hSession, pMechanism, hKey);
+	if (rv == CKR_OK)
+		gcm_set(hSession, -1, gcm, -1, NULL);
+	return finish(&c, rv);
+}
+
+/* tag_code: what a bad tag answers under tag-invalid (SoftHSM says CKR_GENERAL_ERROR). */
+static CK_RV tag_code(const struct gcmop *o, CK_RV rv)
+{
+	if (o->dec && rv == CKR_GENERAL_ERROR && (personality() & P_TAG_INVALID))
+		return CKR_ENCRYPTED_DATA_INVALID;
+	return rv;
+}
+
+static CK_RV fm_C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
+{
+	struct call c;
+	CK_RV rv;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_Decrypt, hSession, &rv))
+		return rv;
+	if ((personality() & P_CAP16K) && ulEncryptedDataLen > CAP_BYTES) {
+		end_op(c.real->C_DecryptFinal, hSession);
+		gcm_set(hSession, -1, 0, -1, NULL);
+		return finish(&c, CKR_ENCRYPTED_DATA_LEN_RANGE);
+	}
+	rv = tag_code(&o, c.real->C_Decrypt(hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen));
+	if (done_op(rv, pData))
+		gcm_set(hSession, -1, 0, -1, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
+{
+	struct call c;
+	CK_RV rv;
+	unsigned p;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_DecryptUpdate, hSession, &rv))
+		return rv;
+	p = personality();
+	if (((p & P_CAP16K) && ulEncryptedPartLen > CAP_BYTES) || (o.dec && (p & P_NO_MULTIPART_GCM))) {
+		end_op(c.real->C_DecryptFinal, hSession);
+		gcm_set(hSession, -1, 0, -1, NULL);
+		return finish(&c, (p & P_CAP16K) && ulEncryptedPartLen > CAP_BYTES ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_FUNCTION_NOT_SUPPORTED);
+	}
+	rv = c.real->C_DecryptUpdate(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen);
+	if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)
+		gcm_set(hSession, -1, 0, -1, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart, CK_ULONG_PTR pulLastPartLen)
+{
+	struct call c;
+	CK_RV rv;
+	struct gcmop o = gcm_state(hSession);
+
+	if (begin(&c, FN_C_DecryptFinal, hSession, &rv))
+		return rv;
+	rv = tag_code(&o, c.real->C_DecryptFinal(hSession, pLastPart, pulLastPartLen));
+	if (done_op(rv, pLastPart))
+		gcm_set(hSession, -1, 0, -1, NULL);
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_WrapKey, hSession, &rv))
+		return rv;
+	if (pMechanism && is_kw(pMechanism->mechanism) && (personality() & P_NO_GCM))
+		return finish(&c, CKR_MECHANISM_INVALID);
+	return finish(&c, c.real->C_WrapKey(hSession, pMechanism, hWrappingKey, hKey, pWrappedKey, pulWrappedKeyLen));
+}
+
+static CK_RV fm_C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+	struct call c;
+	CK_RV rv;
+	unsigned p;
+
+	if (begin(&c, FN_C_UnwrapKey, hSession, &rv))
+		return rv;
+	p = personality();
+	if (pMechanism && is_kw(pMechanism->mechanism) && (p & P_NO_GCM))
+		return finish(&c, CKR_MECHANISM_INVALID);
+	if ((p & P_UNWRAP_VALUE_LEN) && pTemplate) {
+		/* Wants CKA_VALUE_LEN, which SoftHSM refuses: checked, then dropped. */
+		CK_ATTRIBUTE_PTR t = calloc(ulAttributeCount + 1, sizeof(*t));
+		CK_ULONG i, k = 0;
+		int has = 0;
+
+		if (!t)
+			return finish(&c, CKR_HOST_MEMORY);
+		for (i = 0; i < ulAttributeCount; i++) {
+			if (pTemplate[i].type == CKA_VALUE_LEN)
+				has = 1;
+			else
+				t[k++] = pTemplate[i];
+		}
+		if (!has)
+			rv = CKR_TEMPLATE_INCOMPLETE;
+		else
+			rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, t, k, phKey);
+		free(t);
+	} else {
+		rv = c.real->C_UnwrapKey(hSession, pMechanism, hUnwrappingKey, pWrappedKey, ulWrappedKeyLen, pTemplate, ulAttributeCount, phKey);
+	}
+	/* A token that names a failed integrity check as the standard says. */
+	if (rv == CKR_GENERAL_ERROR && (p & P_TAG_INVALID))
+		rv = CKR_WRAPPED_KEY_INVALID;
+	return finish(&c, rv);
+}
+
+
+/* ---------- personality cryptoki-2.20 ---------- */
+
+/*
+ * refuses_220 reports whether a template names an attribute a Cryptoki
+ * 2.20 token does not know: CKA_COPYABLE (new in v2.40) and
+ * CKA_WRAP_WITH_TRUSTED (v2.20 amendment 3, which plain 2.20 tokens lack).
+ */
+static int refuses_220(CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	CK_ULONG i;
+
+	if (!(personality() & P_CRYPTOKI_220) || !t)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (t[i].type == CKA_COPYABLE || t[i].type == CKA_WRAP_WITH_TRUSTED)
+			return 1;
+	return 0;
+}
+
+static CK_RV fm_C_GetInfo(CK_INFO_PTR pInfo)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_GetInfo, 0, &rv))
+		return rv;
+	rv = c.real->C_GetInfo(pInfo);
+	if (rv == CKR_OK && pInfo && (personality() & P_CRYPTOKI_220)) {
+		pInfo->cryptokiVersion.major = 2;
+		pInfo->cryptokiVersion.minor = 20;
+	}
+	return finish(&c, rv);
+}
+
+static CK_RV fm_C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_CreateObject, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_CreateObject(hSession, pTemplate, ulCount, phObject));
+}
+
+static CK_RV fm_C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_CopyObject, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject));
+}
+
+static CK_RV fm_C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (begin(&c, FN_C_GenerateKey, hSession, &rv))
+		return rv;
+	if (refuses_220(pTemplate, ulCount))
+		return finish(&c, CKR_ATTRIBUTE_TYPE_INVALID);
+	return finish(&c, c.real->C_GenerateKey(hSession, pMechanism, pTemplate, ulCount, phKey));
+}
 
 /* ---------- the function list ---------- */
 

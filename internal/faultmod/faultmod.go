@@ -40,6 +40,7 @@
 //	stats                        one-shot: write the stats file now
 //	hold FUNCTION|* PATH [every N] [from K] [count C] [after]
 //	                             matching calls wait while the file PATH exists
+//	personality NAME...          simulate vendor behaviour (see below)
 //	generation N                 written by Control; one-shots fire once per generation
 //
 // FUNCTION is a CK_FUNCTION_LIST member name such as C_Encrypt. CODE is a
@@ -102,6 +103,47 @@
 // handles answer CKR_SESSION_HANDLE_INVALID; a gone/back pair that no call
 // saw has no effect.
 //
+// # Personalities
+//
+// A personality line makes the module behave as a kind of token that is
+// not here, over the real module (simulations, documented as such in
+// docs/tokens.md). Names combine; C_GetTokenInfo then reports manufacturer
+// "hsmkeys faultmod" and the model of the first in this order:
+//
+//	cap16k            C_Encrypt, C_Decrypt and C_*Update take at most 16384
+//	                  bytes (CKR_DATA_LEN_RANGE, CKR_ENCRYPTED_DATA_LEN_RANGE
+//	                  above); model "sim CloudHSM", so that the identity table
+//	                  gives the limit, which no probe can find
+//	iv-params         the token makes the AES-GCM IV of every encryption and
+//	                  ignores the caller's: a random IV replaces it before the
+//	                  call reaches the real module and is written back into
+//	                  the caller's CK_GCM_PARAMS.pIv (AWS CloudHSM style);
+//	                  model "sim-iv-params"
+//	iv-append         the token makes the IV and returns it after the output
+//	                  of C_Encrypt or C_EncryptFinal: ct || tag || iv (12
+//	                  bytes; the layout chosen for a Luna-style token);
+//	                  model "sim-iv-append"
+//	no-multipart-gcm  C_EncryptUpdate and C_DecryptUpdate under CKM_AES_GCM
+//	                  answer CKR_FUNCTION_NOT_SUPPORTED (NSS softoken style);
+//	                  model "sim-no-mp-gcm"
+//	tag-invalid       a failed GCM tag check answers CKR_ENCRYPTED_DATA_INVALID
+//	                  and a failed unwrap CKR_WRAPPED_KEY_INVALID (SoftHSM: both
+//	                  CKR_GENERAL_ERROR), so that an injected CKR_GENERAL_ERROR
+//	                  is a device fault only; model "sim-tag-invalid"
+//	no-gcm            no CKM_AES_GCM and no AES key wrap in the mechanism list,
+//	                  and their use refused with CKR_MECHANISM_INVALID
+//	                  (openCryptoki 3.8.1 soft token, tpm2-pkcs11 1.9); model
+//	                  "sim-no-gcm"
+//	cryptoki-2.20     C_GetInfo reports Cryptoki 2.20, and C_GenerateKey,
+//	                  C_CreateObject and C_CopyObject refuse a template naming
+//	                  CKA_COPYABLE or CKA_WRAP_WITH_TRUSTED with
+//	                  CKR_ATTRIBUTE_TYPE_INVALID; model "sim-cryptoki220"
+//	unwrap-value-len  C_UnwrapKey refuses a template without CKA_VALUE_LEN
+//	                  (CKR_TEMPLATE_INCOMPLETE) and drops it before the real
+//	                  module, which refuses it (Luna wants it, SoftHSM refuses
+//	                  it, TOKEN-FACTS); model "sim Luna", so that the identity
+//	                  table gives it
+//
 // # Stats
 //
 // If FAULTMOD_STATS is set the module writes, on C_Finalize, on a "stats"
@@ -124,6 +166,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,6 +180,13 @@ import (
 // BUG(faultmod): close_all_sessions and "token back" forget every tracked
 // session; a C_OpenSession racing with them on another thread may be
 // forgotten too and then not count towards max_sessions.
+
+// Personalities are the names a personality line takes.
+var Personalities = []string{"cap16k", "iv-params", "iv-append", "no-multipart-gcm", "tag-invalid", "no-gcm", "cryptoki-2.20", "unwrap-value-len"}
+
+// BUG(faultmod): The personalities track the GCM operation of at most 512
+// sessions at once; beyond that an iv-append encryption comes back without
+// its IV, as from a token that takes the caller's.
 
 // Environment variables read by faultmod.so.
 const (
@@ -569,6 +619,16 @@ func checkLine(line string) (isFail bool, err error) {
 	case "close_all_sessions", "stats":
 		if len(w) != 1 {
 			return false, want(w[0])
+		}
+		return false, nil
+	case "personality":
+		if len(w) < 2 {
+			return false, want("personality NAME...")
+		}
+		for _, n := range w[1:] {
+			if !slices.Contains(Personalities, n) {
+				return false, fmt.Errorf("unknown personality %q (want one of %v)", n, Personalities)
+			}
 		}
 		return false, nil
 	case "token_gone":

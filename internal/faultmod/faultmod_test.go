@@ -57,6 +57,11 @@ func TestCheckLine(t *testing.T) {
 		"hold C_Initialize /tmp/hold count 0",
 		"hold C_Encrypt /tmp/hold after",
 		"hold C_Encrypt /tmp/hold after from 2 every 3",
+		"personality iv-params",
+		"personality cap16k iv-params",
+		"personality no-gcm",
+		"personality cryptoki-2.20",
+		"personality unwrap-value-len tag-invalid",
 	}
 	for _, line := range good {
 		t.Run("good/"+line, func(t *testing.T) {
@@ -92,6 +97,8 @@ func TestCheckLine(t *testing.T) {
 		"hold C_Encrypt /tmp/hold every",
 		"hold C_Encrypt /tmp/hold sometimes 2",
 		"hold C_Encrypt /" + strings.Repeat("x", 1024),
+		"personality",
+		"personality cloudhsm",
 		"explode",
 	}
 	for _, line := range bad {
@@ -838,4 +845,122 @@ func writeRaw(t *testing.T, path, body string) {
 	tmp := path + ".raw"
 	require.NoError(t, os.WriteFile(tmp, []byte(body), 0o600))
 	require.NoError(t, os.Rename(tmp, path))
+}
+
+// TestPersonalities drives each personality through miekg/pkcs11 calls.
+func TestPersonalities(t *testing.T) {
+	r := newRig(t)
+	s := r.open(t)
+	k := r.key(t, s)
+	chosen := []byte("chosen-iv-12")
+	pt := []byte("a plaintext of 29 bytes .....")
+	gcm := func(iv []byte) (*pkcs11.GCMParams, []*pkcs11.Mechanism) {
+		p := pkcs11.NewGCMParams(iv, nil, 128)
+		return p, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, p)}
+	}
+	decrypt := func(t *testing.T, iv, ct []byte) ([]byte, error) {
+		p, m := gcm(iv)
+		defer p.Free()
+		require.NoError(t, r.ctx.DecryptInit(s, m, k))
+		return r.ctx.Decrypt(s, ct)
+	}
+	model := func(t *testing.T) string {
+		ti, err := r.ctx.GetTokenInfo(r.slot)
+		require.NoError(t, err)
+		return strings.TrimSpace(ti.ManufacturerID) + "/" + strings.TrimSpace(ti.Model)
+	}
+
+	t.Run("iv-params", func(t *testing.T) {
+		r.set(t, "personality iv-params")
+		assert.Equal(t, "hsmkeys faultmod/sim-iv-params", model(t))
+		p, m := gcm(chosen)
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		ct, err := r.ctx.Encrypt(s, pt)
+		require.NoError(t, err)
+		used := p.IV()
+		p.Free()
+		require.Len(t, ct, len(pt)+16)
+		assert.NotEqual(t, chosen, used, "the caller's iv is ignored")
+		got, err := decrypt(t, used, ct)
+		require.NoError(t, err)
+		assert.Equal(t, pt, got)
+	})
+	t.Run("iv-append", func(t *testing.T) {
+		r.set(t, "personality iv-append")
+		p, m := gcm(chosen)
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		out, err := r.ctx.Encrypt(s, pt)
+		p.Free()
+		require.NoError(t, err)
+		require.Len(t, out, len(pt)+16+12, "ct || tag || iv")
+		iv, ct := out[len(out)-12:], out[:len(out)-12]
+		assert.NotEqual(t, chosen, iv)
+		got, err := decrypt(t, iv, ct)
+		require.NoError(t, err)
+		assert.Equal(t, pt, got)
+		// Multi-part: the iv comes with the last part.
+		p, m = gcm(chosen)
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		first, err := r.ctx.EncryptUpdate(s, pt)
+		require.NoError(t, err)
+		last, err := r.ctx.EncryptFinal(s)
+		p.Free()
+		require.NoError(t, err)
+		out = append(first, last...)
+		got, err = decrypt(t, out[len(out)-12:], out[:len(out)-12])
+		require.NoError(t, err)
+		assert.Equal(t, pt, got)
+	})
+	t.Run("cap16k", func(t *testing.T) {
+		r.set(t, "personality cap16k")
+		assert.Equal(t, "hsmkeys faultmod/sim CloudHSM", model(t))
+		p, m := gcm(chosen)
+		defer p.Free()
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		_, err := r.ctx.Encrypt(s, make([]byte, 16385))
+		require.ErrorIs(t, err, ckr(pkcs11.CKR_DATA_LEN_RANGE))
+		require.NoError(t, r.ctx.EncryptInit(s, m, k), "the refused call ended the operation")
+		_, err = r.ctx.Encrypt(s, make([]byte, 16384))
+		require.NoError(t, err)
+	})
+	t.Run("no-multipart-gcm", func(t *testing.T) {
+		r.set(t, "personality no-multipart-gcm")
+		p, m := gcm(chosen)
+		defer p.Free()
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		_, err := r.ctx.EncryptUpdate(s, pt)
+		require.ErrorIs(t, err, ckr(pkcs11.CKR_FUNCTION_NOT_SUPPORTED))
+		require.NoError(t, r.ctx.EncryptInit(s, m, k), "the refused call ended the operation")
+		_, err = r.ctx.Encrypt(s, pt)
+		require.NoError(t, err, "single-part gcm works")
+		require.NoError(t, r.ctx.EncryptInit(s, cbc(), k))
+		_, err = r.ctx.EncryptUpdate(s, make([]byte, 16))
+		require.NoError(t, err, "other mechanisms stream")
+		_, err = r.ctx.EncryptFinal(s)
+		require.NoError(t, err)
+	})
+	t.Run("tag-invalid", func(t *testing.T) {
+		p, m := gcm(chosen)
+		require.NoError(t, r.ctx.EncryptInit(s, m, k))
+		ct, err := r.ctx.Encrypt(s, pt)
+		p.Free()
+		require.NoError(t, err)
+		ct[len(ct)-1] ^= 1
+		_, err = decrypt(t, chosen, ct)
+		require.ErrorIs(t, err, ckr(pkcs11.CKR_GENERAL_ERROR), "softhsm's answer")
+		r.set(t, "personality tag-invalid")
+		_, err = decrypt(t, chosen, ct)
+		require.ErrorIs(t, err, ckr(pkcs11.CKR_ENCRYPTED_DATA_INVALID))
+	})
+	t.Run("no-gcm", func(t *testing.T) {
+		r.set(t, "personality no-gcm")
+		ms, err := r.ctx.GetMechanismList(r.slot)
+		require.NoError(t, err)
+		for _, m := range ms {
+			assert.NotContains(t, []uint{pkcs11.CKM_AES_GCM, pkcs11.CKM_AES_KEY_WRAP, pkcs11.CKM_AES_KEY_WRAP_PAD}, m.Mechanism)
+		}
+		p, m := gcm(chosen)
+		defer p.Free()
+		require.ErrorIs(t, r.ctx.EncryptInit(s, m, k), ckr(pkcs11.CKR_MECHANISM_INVALID))
+	})
 }

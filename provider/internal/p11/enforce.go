@@ -65,74 +65,105 @@ func (p *Pool) CheckEnforcement(s *Session) []EnforcementResult {
 		return o, err
 	}
 	kw := WrapMech{Mech: pkcs11.CKM_AES_KEY_WRAP}
-	fail := func(name, format string, a ...any) []EnforcementResult {
-		return []EnforcementResult{{Name: name, OK: false, Detail: fmt.Sprintf(format, a...)}}
+	// Each check is tried on its own, whatever the others found (doctor
+	// reports every one). The plain exportable key and a plain session
+	// wrapping key are shared; a check that needs one says so when it
+	// could not be made.
+	free, freeErr := keep(p.GenerateAES(s, SecretKeySpec{Bytes: 32, Extractable: true}))
+	var plainKEK Object
+	premise := freeErr
+	if premise == nil {
+		plainKEK, premise = keep(p.sessionWrapKey(s, nil))
+		if premise == nil {
+			_, premise = p.Wrap(s, kw, plainKEK, free)
+		}
 	}
-	var out []EnforcementResult
+	out := []EnforcementResult{
+		p.checkTrustedOnly(s, kw, plainKEK, premise, keep),
+		p.checkWrapTemplate(s, kw, free, premise, keep),
+		p.checkUnwrapTemplate(s, kw, free, premise, keep, &made),
+	}
+	if freeErr != nil {
+		detail := "cannot generate an exportable session key: " + errDetail(freeErr)
+		out = append(out, EnforcementResult{CheckAESKEKMechs, false, false, detail}, EnforcementResult{CheckRSAKEKMechs, false, false, detail})
+	} else {
+		// 4. AES KEK mechanisms; unchecked where AES key wrap does not
+		// work at all.
+		if premise != nil {
+			out = append(out, uncheckedWrap(CheckAESKEKMechs, premise))
+		} else {
+			out = append(out, p.checkAESMechs(s, free, keep))
+		}
+		// 5. RSA KEK mechanisms.
+		out = append(out, p.checkRSAMechs(s, free, keep))
+	}
+	// 6. Session keys cannot change.
+	out = append(out, p.checkSessionKeyFixed(s, keep))
+	return out
+}
 
-	// 1. Trusted-only wrapping. Premise: a key without
-	// CKA_WRAP_WITH_TRUSTED wraps under the same untrusted key.
+// uncheckedWrap is the result of a check whose premise, a plain key wrapped
+// under a plain session key with CKM_AES_KEY_WRAP, failed.
+func uncheckedWrap(name string, err error) EnforcementResult {
+	return EnforcementResult{name, false, true, "could not be checked: the token cannot wrap with CKM_AES_KEY_WRAP under an untrusted key at all: " + errDetail(err)}
+}
+
+// 1. Trusted-only wrapping. Premise: a key without CKA_WRAP_WITH_TRUSTED
+// wraps under the same untrusted key.
+func (p *Pool) checkTrustedOnly(s *Session, kw WrapMech, plainKEK Object, premise error, keep func(Object, error) (Object, error)) EnforcementResult {
+	if premise != nil {
+		return uncheckedWrap(CheckTrustedOnly, premise)
+	}
 	trustedOnly, err := keep(p.GenerateAES(s, SecretKeySpec{Bytes: 32, Extractable: true, WrapWithTrusted: true}))
 	if err != nil {
-		return fail(CheckTrustedOnly, "cannot generate an exportable session key: %v", err)
+		return EnforcementResult{CheckTrustedOnly, false, false, "cannot generate a trusted-only exportable session key: " + errDetail(err)}
 	}
-	free, err := keep(p.GenerateAES(s, SecretKeySpec{Bytes: 32, Extractable: true}))
-	if err != nil {
-		return fail(CheckTrustedOnly, "cannot generate an exportable session key: %v", err)
+	if _, err := p.Wrap(s, kw, plainKEK, trustedOnly); err != nil {
+		return EnforcementResult{CheckTrustedOnly, true, false, "a plain key wraps under an untrusted key, a trusted-only one is refused: " + errDetail(err)}
 	}
-	plainKEK, err := keep(p.sessionWrapKey(s, nil))
-	if err != nil {
-		return fail(CheckTrustedOnly, "cannot generate a session wrapping key: %v", err)
-	}
-	blob, err := p.Wrap(s, kw, plainKEK, free)
-	if err != nil {
-		return []EnforcementResult{{CheckTrustedOnly, false, true, "could not be checked: the token cannot wrap with CKM_AES_KEY_WRAP under an untrusted key at all: " + errDetail(err)}}
-	}
-	if _, err := p.Wrap(s, kw, plainKEK, trustedOnly); err == nil {
-		return append(out, EnforcementResult{CheckTrustedOnly, false, false, "a CKA_WRAP_WITH_TRUSTED key was wrapped under an untrusted key"})
-	} else {
-		out = append(out, EnforcementResult{CheckTrustedOnly, true, false, "a plain key wraps under an untrusted key, a trusted-only one is refused: " + errDetail(err)})
-	}
+	return EnforcementResult{CheckTrustedOnly, false, false, "a CKA_WRAP_WITH_TRUSTED key was wrapped under an untrusted key"}
+}
 
-	// 2. Wrap template: the same key with a template asking for
-	// CKA_WRAP_WITH_TRUSTED refuses what the plain one wrapped.
+// 2. Wrap template: a key with a template asking for CKA_WRAP_WITH_TRUSTED
+// refuses what a plain one wrapped (the premise).
+func (p *Pool) checkWrapTemplate(s *Session, kw WrapMech, free Object, premise error, keep func(Object, error) (Object, error)) EnforcementResult {
+	if premise != nil {
+		return uncheckedWrap(CheckWrapTemplate, premise)
+	}
 	templKEK, err := keep(p.sessionWrapKey(s, []ckraw.Attr{{Type: pkcs11.CKA_WRAP_TEMPLATE, Value: WrapTemplate()}}))
 	if err != nil {
-		return append(out, fail(CheckWrapTemplate, "cannot make a key with CKA_WRAP_TEMPLATE: %v", err)...)
+		return EnforcementResult{CheckWrapTemplate, false, false, "cannot make a key with CKA_WRAP_TEMPLATE: " + errDetail(err)}
 	}
-	if _, err := p.Wrap(s, kw, templKEK, free); err == nil {
-		return append(out, EnforcementResult{CheckWrapTemplate, false, false, "a key outside CKA_WRAP_TEMPLATE was wrapped"})
-	} else {
-		out = append(out, EnforcementResult{CheckWrapTemplate, true, false, "wrap outside the template refused: " + errDetail(err)})
+	if _, err := p.Wrap(s, kw, templKEK, free); err != nil {
+		return EnforcementResult{CheckWrapTemplate, true, false, "wrap outside the template refused: " + errDetail(err)}
 	}
+	return EnforcementResult{CheckWrapTemplate, false, false, "a key outside CKA_WRAP_TEMPLATE was wrapped"}
+}
 
-	// 3. Unwrap template. Premise: the template's own key comes back.
+// 3. Unwrap template. Premise: the template's own key comes back.
+func (p *Pool) checkUnwrapTemplate(s *Session, kw WrapMech, free Object, premise error, keep func(Object, error) (Object, error), made *[]pkcs11.ObjectHandle) EnforcementResult {
+	if premise != nil {
+		return uncheckedWrap(CheckUnwrapTemplate, premise)
+	}
 	unwrapKEK, err := keep(p.sessionWrapKey(s, []ckraw.Attr{{Type: pkcs11.CKA_UNWRAP_TEMPLATE, Value: UnwrapTemplate()}}))
 	if err != nil {
-		return append(out, fail(CheckUnwrapTemplate, "cannot make a key with CKA_UNWRAP_TEMPLATE: %v", err)...)
+		return EnforcementResult{CheckUnwrapTemplate, false, false, "cannot make a key with CKA_UNWRAP_TEMPLATE: " + errDetail(err)}
 	}
-	if blob, err = p.Wrap(s, kw, unwrapKEK, free); err != nil {
-		return append(out, fail(CheckUnwrapTemplate, "cannot wrap under the template key: %v", err)...)
+	blob, err := p.Wrap(s, kw, unwrapKEK, free)
+	if err != nil {
+		return EnforcementResult{CheckUnwrapTemplate, false, false, "cannot wrap under the template key: " + errDetail(err)}
 	}
 	if _, err := keep(p.Unwrap(s, kw, unwrapKEK, blob, 32)); err != nil {
-		return append(out, EnforcementResult{CheckUnwrapTemplate, false, false, "a key matching the template could not be unwrapped: " + errDetail(err)})
+		return EnforcementResult{CheckUnwrapTemplate, false, false, "a key matching the template could not be unwrapped: " + errDetail(err)}
 	}
 	m, _ := kw.mechanism()
 	for _, weak := range weakUnwrapTemplates() {
 		if h, err := p.ctx().UnwrapKey(s.h, m, pkcs11.ObjectHandle(unwrapKEK), blob, weak.tmpl); err == nil {
-			made = append(made, h)
-			return append(out, EnforcementResult{CheckUnwrapTemplate, false, false, "unwrapped despite CKA_UNWRAP_TEMPLATE: " + weak.name})
+			*made = append(*made, h)
+			return EnforcementResult{CheckUnwrapTemplate, false, false, "unwrapped despite CKA_UNWRAP_TEMPLATE: " + weak.name}
 		}
 	}
-	out = append(out, EnforcementResult{CheckUnwrapTemplate, true, false, "the template's key unwraps; refused: " + weakNames()})
-
-	// 4. AES KEK mechanisms.
-	out = append(out, p.checkAESMechs(s, free, keep))
-	// 5. RSA KEK mechanisms.
-	out = append(out, p.checkRSAMechs(s, free, keep))
-	// 6. Session keys cannot change.
-	out = append(out, p.checkSessionKeyFixed(s, keep))
-	return out
+	return EnforcementResult{CheckUnwrapTemplate, true, false, "the template's key unwraps; refused: " + weakNames()}
 }
 
 type weakTemplate struct {

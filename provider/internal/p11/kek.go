@@ -728,6 +728,15 @@ func padAlternative(mech WrapMech, err error) (WrapMech, bool) {
 	return WrapMech{}, false
 }
 
+// kwpOf gives RFC 5649 the number the token's profile names it by
+// (Profile.KWP); padAlternative still tries the other one.
+func (p *Pool) kwpOf(mech WrapMech) WrapMech {
+	if (mech.Mech == pkcs11.CKM_AES_KEY_WRAP_PAD || mech.Mech == CKMAESKeyWrapKWP) && p.profile().KWP != 0 {
+		mech.Mech = p.profile().KWP
+	}
+	return mech
+}
+
 // CKMAESKeyWrapKWP is CKM_AES_KEY_WRAP_KWP of PKCS#11 v3.0 (RFC 5649), which
 // miekg v1.1.2 does not name. SoftHSM 2.6.1 offers RFC 5649 as
 // CKM_AES_KEY_WRAP_PAD instead.
@@ -742,6 +751,7 @@ func (p *Pool) Wrap(s *Session, mech WrapMech, kek, key Object) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
+	mech = p.kwpOf(mech)
 	if mech.Mech != pkcs11.CKM_RSA_PKCS_OAEP {
 		// AES key wrap has no parameters: one C_WrapKey with room for a
 		// 256-bit key (RFC 3394/5649: the key plus 8 bytes).
@@ -779,12 +789,22 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 		return 0, err
 	}
 	spec := SecretKeySpec{Bytes: size, Extractable: true, WrapWithTrusted: true}
-	pol := sessionKeyPolicy(spec)
+	pol := p.keyPolicy(spec)
 	// Every attribute of the KEK's CKA_UNWRAP_TEMPLATE, whatever the KEK
 	// carries (an older KEK's template pins less; ours pins it all).
-	// CKA_VALUE_LEN stays out: SoftHSM refuses it in unwrap templates
-	// (CKR_ATTRIBUTE_READ_ONLY, TOKEN-FACTS); the length is checked below.
-	tmpl := toMiekg(UnwrapTemplate())
+	// CKA_VALUE_LEN only where the profile says it belongs (Luna wants
+	// it); SoftHSM refuses it in unwrap templates (CKR_ATTRIBUTE_READ_ONLY,
+	// TOKEN-FACTS); the length is checked below either way.
+	tmpl := p.fitTemplate(toMiekg(UnwrapTemplate()))
+	if p.profile().UnwrapValueLen {
+		// Before CKA_MODIFIABLE=false, which stays last (UnwrapTemplate).
+		tmpl = slices.Insert(tmpl, len(tmpl)-1, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, size))
+	}
+	mech = p.kwpOf(mech)
+	m, err = mech.mechanism()
+	if err != nil {
+		return 0, err
+	}
 	h, err := p.ctx().UnwrapKey(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl)
 	if alt, ok := padAlternative(mech, err); ok {
 		am, _ := alt.mechanism()
@@ -793,7 +813,7 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 	}
 	if err != nil {
 		err = p.mod.unwrapErr(s.h, m, pkcs11.ObjectHandle(kek), wrapped, tmpl, err)
-		if code, _ := CodeOf(err); unwrapFailure(code) {
+		if code, _ := CodeOf(err); unwrapFailure(code) && (code != pkcs11.CKR_GENERAL_ERROR || p.profile().IsBadTag(code)) {
 			return 0, fmt.Errorf("%w: %w", ErrWrappedKeyInvalid, err)
 		}
 		return 0, err
@@ -815,7 +835,9 @@ func (p *Pool) Unwrap(s *Session, mech WrapMech, kek Object, wrapped []byte, siz
 
 // unwrapFailure reports the codes that mean "this blob does not unwrap under
 // this key". SoftHSM reports a failed RFC 3394/5649 integrity check as
-// CKR_GENERAL_ERROR (TOKEN-FACTS); in C_UnwrapKey it means just that.
+// CKR_GENERAL_ERROR (TOKEN-FACTS); in C_UnwrapKey it means just that there,
+// and counts only on tokens whose profile reads it as a failed integrity
+// check (Profile.BadTag); elsewhere it is a device failure.
 func unwrapFailure(code uint) bool {
 	switch code {
 	case pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_WRAPPED_KEY_INVALID, pkcs11.CKR_WRAPPED_KEY_LEN_RANGE,

@@ -103,7 +103,7 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 	if spec.Bytes != 16 && spec.Bytes != 24 && spec.Bytes != 32 {
 		return 0, fmt.Errorf("%w: aes key length %d", ErrInput, spec.Bytes)
 	}
-	pol := sessionKeyPolicy(spec)
+	pol := p.keyPolicy(spec)
 	tmpl := make([]*pkcs11.Attribute, 0, len(pol)+5)
 	tmpl = append(tmpl,
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -137,7 +137,31 @@ func (p *Pool) GenerateAESChecked(s *Session, spec SecretKeySpec, verify bool) (
 
 // VerifySessionKey checks that obj has every attribute spec asks for.
 func (p *Pool) VerifySessionKey(s *Session, obj Object, spec SecretKeySpec) error {
-	return p.verifyBools(s, obj, sessionKeyPolicy(spec), uint(spec.Bytes))
+	return p.verifyBools(s, obj, p.keyPolicy(spec), uint(spec.Bytes))
+}
+
+// keyPolicy is sessionKeyPolicy without the attributes the token's
+// Cryptoki version does not know (Profile.V240Attrs): CKA_COPYABLE is new
+// in v2.40 §4.4, and plain 2.20 tokens refuse it and CKA_WRAP_WITH_TRUSTED
+// with CKR_ATTRIBUTE_TYPE_INVALID. CKA_WRAP_WITH_TRUSTED is left out only
+// where it is false, its default; a key that must be trusted-only keeps it,
+// and such a token refuses to make it rather than make it weaker.
+func (p *Pool) keyPolicy(spec SecretKeySpec) []boolAttr {
+	pol := sessionKeyPolicy(spec)
+	if p.profile().V240Attrs {
+		return pol
+	}
+	return slices.DeleteFunc(pol, func(a boolAttr) bool {
+		return a.t == pkcs11.CKA_COPYABLE || (a.t == pkcs11.CKA_WRAP_WITH_TRUSTED && !a.v)
+	})
+}
+
+// fitTemplate drops from tmpl what the token's profile says it refuses.
+func (p *Pool) fitTemplate(tmpl []*pkcs11.Attribute) []*pkcs11.Attribute {
+	if p.profile().V240Attrs {
+		return tmpl
+	}
+	return slices.DeleteFunc(tmpl, func(a *pkcs11.Attribute) bool { return a.Type == pkcs11.CKA_COPYABLE })
 }
 
 // verifyBools reads back the attributes in want (and CKA_VALUE_LEN when
@@ -210,11 +234,25 @@ func gcmMech(nonce, aad []byte) ([]*ckraw.Mechanism, *ckraw.GCMParams) {
 	return []*ckraw.Mechanism{ckraw.NewMechanism(pkcs11.CKM_AES_GCM, params)}, params
 }
 
-// SealGCM encrypts plaintext with key under AES-GCM in one C_Encrypt and
-// returns ciphertext||tag.
+// SealGCM encrypts plaintext with key under AES-GCM and returns
+// ciphertext||tag. nonce is the IV to use; on a token that makes its own
+// (Profile.GCMIV) it is overwritten with the IV the token chose, which the
+// caller must then store. One C_Encrypt, or parts of at most
+// Profile.MaxCall bytes where the token caps a call and allows multi-part
+// GCM.
 func (p *Pool) SealGCM(s *Session, key Object, nonce, aad, plaintext []byte) ([]byte, error) {
 	if len(nonce) != NonceSize {
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
+	}
+	prof := p.profile()
+	if prof.GCMIV == IVUnsupported {
+		return nil, fmt.Errorf("%w: the token returns its gcm iv in a layout hsmkeys does not take", ErrTokenIV)
+	}
+	if prof.MaxCall > 0 && len(plaintext) > prof.MaxCall {
+		if !prof.StreamsGCM() {
+			return nil, fmt.Errorf("%w: %d bytes is more than one call of this token takes (%d) and it has no multi-part gcm", ErrTooLarge, len(plaintext), prof.MaxCall)
+		}
+		return p.sealParts(s, key, nonce, aad, plaintext, prof.MaxCall)
 	}
 	mech, params := gcmMech(nonce, aad)
 	defer params.Free()
@@ -223,15 +261,83 @@ func (p *Pool) SealGCM(s *Session, key Object, nonce, aad, plaintext []byte) ([]
 	}
 	// One C_Encrypt with a buffer of the known size, where miekg would
 	// make two (size query, then data): a round trip fewer on a network HSM.
-	out, err := p.mod.raw.Encrypt(uint(s.h), plaintext, len(plaintext)+TagSize)
-	return out, wrapErr("C_Encrypt", err)
+	extra := 0
+	if prof.GCMIV == IVAppended {
+		extra = NonceSize
+	}
+	out, err := p.mod.raw.Encrypt(uint(s.h), plaintext, len(plaintext)+TagSize+extra)
+	if err != nil {
+		return nil, wrapErr("C_Encrypt", err)
+	}
+	return takeIV(prof, params, nonce, out, true)
 }
 
-// OpenGCM decrypts ciphertext||tag. A failed tag check is the token's error,
-// returned as is (SoftHSM answers CKR_GENERAL_ERROR); the caller maps it.
+// takeIV copies the IV the token used into nonce: from the parameters
+// (IVInParams) or from the end of out (IVAppended, when last is true), and
+// returns out without it.
+func takeIV(prof *Profile, params *ckraw.GCMParams, nonce, out []byte, last bool) ([]byte, error) {
+	switch prof.GCMIV {
+	case IVInParams:
+		iv := params.IV()
+		if len(iv) != NonceSize {
+			return nil, fmt.Errorf("%w: the token wrote a %d-byte gcm iv", ErrTokenIV, len(iv))
+		}
+		copy(nonce, iv)
+	case IVAppended:
+		if !last {
+			return out, nil
+		}
+		if len(out) < NonceSize+TagSize {
+			return nil, fmt.Errorf("%w: %d bytes of output hold no iv", ErrTokenIV, len(out))
+		}
+		copy(nonce, out[len(out)-NonceSize:])
+		out = out[:len(out)-NonceSize]
+	}
+	return out, nil
+}
+
+// ErrTokenIV: a token that makes its own GCM IV did not hand it back as its
+// profile says.
+var ErrTokenIV = errors.New("token did not return its gcm iv")
+
+// ErrTooLarge: the input is more than the token takes (Profile.MaxCall).
+var ErrTooLarge = errors.New("input larger than the token takes")
+
+// sealParts is SealGCM through C_EncryptUpdate in parts of at most max bytes.
+func (p *Pool) sealParts(s *Session, key Object, nonce, aad, plaintext []byte, max int) ([]byte, error) {
+	e, err := p.GCMEncrypt(s, key, nonce, aad)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Abort()
+	out := make([]byte, 0, len(plaintext)+TagSize)
+	for len(plaintext) > 0 {
+		n := min(len(plaintext), max)
+		c, err := e.Update(plaintext[:n])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c...)
+		plaintext = plaintext[n:]
+	}
+	last, err := e.Final()
+	if err != nil {
+		return nil, err
+	}
+	return append(out, last...), nil
+}
+
+// OpenGCM decrypts ciphertext||tag. A failed tag check wraps ErrBadTag (by
+// the codes of the token's profile; SoftHSM answers CKR_GENERAL_ERROR) and
+// the token's *Error; any other code is the token's error alone (on most
+// tokens CKR_GENERAL_ERROR is a device failure, not a forgery).
 func (p *Pool) OpenGCM(s *Session, key Object, nonce, aad, sealed []byte) ([]byte, error) {
 	if len(nonce) != NonceSize || len(sealed) < TagSize {
 		return nil, fmt.Errorf("%w: nonce of %d bytes, ciphertext of %d", ErrInput, len(nonce), len(sealed))
+	}
+	prof := p.profile()
+	if prof.MaxCall > 0 && len(sealed) > prof.MaxCall {
+		return nil, fmt.Errorf("%w: %d bytes is more than one call of this token takes (%d)", ErrTooLarge, len(sealed), prof.MaxCall)
 	}
 	mech, params := gcmMech(nonce, aad)
 	defer params.Free()
@@ -241,7 +347,14 @@ func (p *Pool) OpenGCM(s *Session, key Object, nonce, aad, sealed []byte) ([]byt
 	// SoftHSM wants room for the whole input, tag included, to answer in
 	// one call.
 	out, err := p.mod.raw.Decrypt(uint(s.h), sealed, len(sealed))
-	return out, wrapErr("C_Decrypt", err)
+	if err != nil {
+		err = wrapErr("C_Decrypt", err)
+		if code, _ := CodeOf(err); prof.IsBadTag(code) {
+			return nil, fmt.Errorf("%w: %w", ErrBadTag, err)
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
 // Destroy destroys obj.

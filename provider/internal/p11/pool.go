@@ -46,6 +46,8 @@ type Pool struct {
 	pairs chan struct{} // holders of two sessions at once; capacity max/2
 	pin   func() ([]byte, error)
 
+	prof *Profile // what differs on this token (profile.go); set once before use
+
 	mu     sync.Mutex
 	all    map[*Session]struct{}
 	closed bool

@@ -2,6 +2,7 @@ package p11
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
@@ -34,22 +35,42 @@ type EncryptStream struct {
 	s      *Session
 	params *ckraw.GCMParams
 	done   bool
+	nonce  []byte // the caller's nonce buffer, given the token's IV (GCM)
 }
 
 // GCMEncrypt starts AES-GCM encryption under key with this nonce and AAD.
 // It is used for new messages and, with a message's own nonce, to recompute
-// the tag of a decrypted message (see CTRDecrypt).
+// the tag of a decrypted message (see CTRDecrypt). On a token that writes
+// its own IV into the parameters (Profile.GCMIV) nonce is overwritten with
+// it when GCMEncrypt returns; a token whose profile does not stream GCM
+// (Profile.StreamsGCM) is refused with ErrNoStreaming.
 func (p *Pool) GCMEncrypt(s *Session, key Object, nonce, aad []byte) (*EncryptStream, error) {
 	if len(nonce) != NonceSize {
 		return nil, fmt.Errorf("%w: nonce of %d bytes", ErrInput, len(nonce))
+	}
+	prof := p.profile()
+	if prof.GCMIV == IVUnsupported {
+		return nil, fmt.Errorf("%w: the token returns its gcm iv in a layout hsmkeys does not take", ErrTokenIV)
+	}
+	if !prof.StreamsGCM() {
+		return nil, ErrNoStreaming
 	}
 	mech, params := gcmMech(nonce, aad)
 	if err := p.ctx().EncryptInit(s.h, mech, pkcs11.ObjectHandle(key)); err != nil {
 		params.Free()
 		return nil, wrapErr("C_EncryptInit", err)
 	}
-	return &EncryptStream{p: p, s: s, params: params}, nil
+	if _, err := takeIV(prof, params, nonce, nil, false); err != nil {
+		_, _ = p.ctx().EncryptFinal(s.h)
+		params.Free()
+		return nil, err
+	}
+	return &EncryptStream{p: p, s: s, params: params, nonce: nonce}, nil
 }
+
+// ErrNoStreaming: the token cannot stream a GCM encryption (no multi-part
+// GCM, or its IV comes only with the last part); encrypt in one call.
+var ErrNoStreaming = errors.New("token cannot stream aes-gcm encryption")
 
 // Update encrypts one part; SoftHSM returns as many bytes as it is given.
 func (e *EncryptStream) Update(in []byte) ([]byte, error) {

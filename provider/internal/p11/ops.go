@@ -137,13 +137,17 @@ func (p *Pool) verifyBools(s *Session, obj Object, want []boolAttr, valueLen uin
 // accepted as "not reported".
 func (p *Pool) verifyAttrs(s *Session, obj Object, want []boolAttr, valueLen uint, unwrapped bool) error {
 	q := make([]*pkcs11.Attribute, 0, len(want)+1)
+	caps := make([]int, 0, len(want)+1)
 	for _, a := range want {
 		q = append(q, &pkcs11.Attribute{Type: a.t})
+		caps = append(caps, 1) // CK_BBOOL
 	}
 	if valueLen > 0 {
 		q = append(q, &pkcs11.Attribute{Type: pkcs11.CKA_VALUE_LEN})
+		caps = append(caps, 8) // a CK_ULONG, 8 bytes or fewer
 	}
-	got, err := p.ctx().GetAttributeValue(s.h, pkcs11.ObjectHandle(obj), q)
+	// One call with buffers of the known sizes, not a size query first.
+	got, err := p.ctx().GetAttributeValueCap(s.h, pkcs11.ObjectHandle(obj), q, caps)
 	if err != nil {
 		return wrapErr("C_GetAttributeValue", err)
 	}

@@ -56,7 +56,9 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
-	out, err := e.p.ctx().EncryptUpdate(e.s.h, in)
+	// One call: AES-GCM and AES-CTR give back at most the input and one
+	// block a token held back (PKCS#11 v2.40 base §5.2 for the rest).
+	out, err := e.p.ctx().EncryptUpdateCap(e.s.h, in, len(in)+16)
 	if err != nil {
 		e.finish()
 	}
@@ -66,7 +68,7 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 // Final ends the operation and returns what is left: the GCM tag (and any
 // buffered ciphertext before it).
 func (e *EncryptStream) Final() ([]byte, error) {
-	out, err := e.p.ctx().EncryptFinal(e.s.h)
+	out, err := e.p.ctx().EncryptFinalCap(e.s.h, finalCap)
 	e.finish()
 	return out, wrapErr("C_EncryptFinal", err)
 }
@@ -78,9 +80,13 @@ func (e *EncryptStream) Abort() {
 	}
 	// PKCS#11 v2.40 has no C_EncryptCancel; finishing is the portable way
 	// to end the operation (v3.0 §5.2 allows a NULL-buffer init too).
-	_, _ = e.p.ctx().EncryptFinal(e.s.h)
+	_, _ = e.p.ctx().EncryptFinalCap(e.s.h, finalCap)
 	e.finish()
 }
+
+// finalCap is room for what C_EncryptFinal returns for AES-GCM (a block
+// held back and the tag) or AES-CTR (nothing), in one call.
+const finalCap = 32
 
 func (e *EncryptStream) finish() {
 	if !e.done {

@@ -57,7 +57,10 @@ type Provider struct {
 
 	pin []byte // kept to restore a lost login once; cleared by Close
 
-	checkedSpecs sync.Map // p11.SecretKeySpec -> true once read back (CheckFirstKey)
+	// checked holds the kinds of key (a p11.SecretKeySpec for Generate,
+	// an unwrapKind for Unwrap) whose first key was read back (CheckFirstKey).
+	checked sync.Map
+	kcvAttr atomic.Int32 // kcvAttrUnknown, kcvAttrGood or kcvAttrBad
 
 	keks   kekCache
 	oaepMu sync.Mutex

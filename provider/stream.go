@@ -115,11 +115,6 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 	if err := cms.WriteHeader(w, h, size); err != nil {
 		return err
 	}
-	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
-	if err != nil {
-		return err
-	}
-	defer enc.Abort()
 	emit := func(c []byte) error {
 		if size >= 0 {
 			_, err := w.Write(c)
@@ -128,12 +123,29 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 		return cms.WriteChunk(w, c)
 	}
 	buf := make([]byte, p.chunkSize())
+	first, ferr := io.ReadFull(src, buf)
+	if ferr == io.EOF || ferr == io.ErrUnexpectedEOF {
+		// The whole message fits in one part: one C_Encrypt, where
+		// C_EncryptUpdate and C_EncryptFinal would be two round trips.
+		return p.encryptOnePart(s, key, h, w, emit, buf[:first], size)
+	}
+	if ferr != nil {
+		return ferr
+	}
+	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
+	if err != nil {
+		return err
+	}
+	defer enc.Abort()
 	var n int64
-	for {
+	for pending := true; ; pending = false {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		m, rerr := io.ReadFull(src, buf)
+		m, rerr := first, error(nil)
+		if !pending {
+			m, rerr = io.ReadFull(src, buf)
+		}
 		if m > 0 {
 			n += int64(m)
 			if size >= 0 && n > size {
@@ -171,6 +183,27 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 		return err
 	}
 	return cms.WriteTrailer(w, h, size, last[len(last)-p11.TagSize:])
+}
+
+// encryptOnePart encrypts a message of at most one part with a single
+// C_Encrypt and writes it, its trailer and tag after the header.
+func (p *Provider) encryptOnePart(s *p11.Session, key p11.Object, h *cms.Header, w io.Writer, emit func([]byte) error, msg []byte, size int64) error {
+	if size >= 0 && int64(len(msg)) != size {
+		return fmt.Errorf("%w: the input is %d bytes, %d were announced", ErrInvalidInput, len(msg), size)
+	}
+	sealed, err := p.pool.SealGCM(s, key, h.Nonce, h.AAD(), msg)
+	if err != nil {
+		return err
+	}
+	if len(sealed) != len(msg)+p11.TagSize {
+		return fmt.Errorf("token returned %d bytes of ciphertext for %d of plaintext", len(sealed), len(msg))
+	}
+	if body := sealed[:len(msg)]; len(body) > 0 {
+		if err := emit(body); err != nil {
+			return err
+		}
+	}
+	return cms.WriteTrailer(w, h, size, sealed[len(msg):])
 }
 
 // Decrypt decrypts a message made by Encrypt (or by openssl cms for a

@@ -15,6 +15,8 @@ import (
 
 	"github.com/hsmkeys/hsmkeys/internal/faultmod"
 	"github.com/hsmkeys/hsmkeys/provider"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // BenchmarkCalls runs each operation through faultmod.so, one worker, with
@@ -320,4 +322,53 @@ func benchSnapshot(b *testing.B, lines ...string) *faultmod.Stats {
 		b.Fatal(err)
 	}
 	return s
+}
+
+// TestCallCounts pins the PKCS#11 calls each operation makes in steady
+// state with the default configuration (docs/performance.md, "Round
+// trips"): one more is a round trip more on a networked HSM. Each number is
+// the floor of the operation; a change that adds a call fails here.
+func TestCallCounts(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	a, err := provider.OpenAdmin(ctx, config(2), provider.PINValue([]byte(soPIN)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, err := a.CreateKEK(ctx, "callcount", provider.KEKAES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = a.DestroyKEK(ctx, kek.ID)
+		_ = a.Close()
+	})
+	want := map[string]map[string]float64{
+		"Generate":       {"C_GenerateKey": 1, "C_DestroyObject": 1},
+		"GenerateExport": {"C_GenerateKey": 1, "C_GetAttributeValue": 1, "C_WrapKey": 1, "C_EncryptInit": 1, "C_Encrypt": 1, "C_DestroyObject": 1},
+		"Import":         {"C_UnwrapKey": 1, "C_DecryptInit": 1, "C_Decrypt": 1, "C_EncryptInit": 1, "C_Encrypt": 1, "C_DestroyObject": 1},
+		"Seal1KiB":       {"C_EncryptInit": 1, "C_Encrypt": 1},
+		"Open1KiB":       {"C_DecryptInit": 1, "C_Decrypt": 1},
+		"Encrypt1KiB":    {"C_GenerateKey": 1, "C_WrapKey": 1, "C_EncryptInit": 1, "C_Encrypt": 1, "C_DestroyObject": 1},
+		"Encrypt1MiB":    {"C_GenerateKey": 1, "C_WrapKey": 1, "C_EncryptInit": 1, "C_EncryptUpdate": 32, "C_EncryptFinal": 1, "C_DestroyObject": 1},
+		"Decrypt1KiB":    {"C_UnwrapKey": 1, "C_DecryptInit": 1, "C_Decrypt": 1, "C_DestroyObject": 1},
+		"Decrypt1MiB":    {"C_UnwrapKey": 1, "C_DecryptInit": 1, "C_Decrypt": 1, "C_DestroyObject": 1},
+	}
+	for _, c := range callCases() {
+		t.Run(c.name, func(t *testing.T) {
+			p := open(t, 2)
+			op, err := c.setup(ctx, p, "callcount")
+			require.NoError(t, err)
+			for range 3 { // steady state: the first key of each kind is read back
+				require.NoError(t, op(ctx))
+			}
+			const n = 4
+			before := snapshot(t)
+			for range n {
+				require.NoError(t, op(ctx))
+			}
+			got, _ := callsPerOp(before, snapshot(t), n)
+			assert.Equal(t, want[c.name], got)
+		})
+	}
 }

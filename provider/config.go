@@ -55,6 +55,11 @@ type Config struct {
 	// MaxSealsPerKey bounds the encryptions of one session key
 	// (default 2^32, NIST SP 800-38D §8.3 for random 96-bit nonces).
 	MaxSealsPerKey uint64
+	// DataKeyCache, when not nil, lets Encrypt reuse a session key for
+	// several messages to the same KEKs and context, and Decrypt keep the
+	// keys it unwrapped, within its limits (cache.go; docs/security.md says
+	// what this trades away). Nil (the default): a new key per message.
+	DataKeyCache *DataKeyCache
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.

@@ -63,6 +63,7 @@ type Provider struct {
 	kcvAttr atomic.Int32 // kcvAttrUnknown, kcvAttrGood or kcvAttrBad
 
 	keks   kekCache
+	cache  *keyCache // Config.DataKeyCache; nil when off
 	oaepMu sync.Mutex
 	oaep   WrapMechanism // the OAEP variant the token accepted, once known
 
@@ -155,6 +156,10 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
 	}
+	cache, err := newKeyCache(cfg.DataKeyCache)
+	if err != nil {
+		return nil, err
+	}
 	// A token may fail to open for a moment (SoftHSM's file store under
 	// several processes, SoftHSMv2 #757): it is missing from the slot list,
 	// or C_GetTokenInfo, C_OpenSession or C_Login fail with
@@ -170,7 +175,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{})}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), cache: cache}
 		err = p.open(ctx)
 		if err == nil {
 			return p, nil
@@ -481,6 +486,9 @@ func (p *Provider) finish() error {
 	p.shutMu.Lock()
 	defer p.shutMu.Unlock()
 	p.finished = true
+	if p.cache != nil {
+		p.cache.close() // its keys are among p.keys, destroyed below
+	}
 
 	p.keysMu.Lock()
 	keys := p.keys

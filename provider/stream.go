@@ -66,11 +66,12 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 	if p.cfg.ExportPolicy == ExportNone {
 		return fmt.Errorf("encrypt: %w: export policy none: message keys cannot be wrapped for recipients", ErrPolicy)
 	}
-	k, err := p.Generate(ctx, AES256)
+	// A new key, or one the data-key cache holds with its recipients (cache.go).
+	k, recipients, done, err := p.encryptKey(ctx, to, o.Context, size)
 	if err != nil {
 		return fmt.Errorf("encrypt: %w", err)
 	}
-	defer k.Destroy(context.WithoutCancel(ctx))
+	defer func() { done(err) }()
 
 	out := dst
 	var armor io.WriteCloser
@@ -85,7 +86,11 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDData), o.Context, false); err != nil {
 			return err
 		}
+		h.Recipients = recipients
 		for _, kek := range to {
+			if recipients != nil {
+				break
+			}
 			r, err := p.recipientFor(s, k.obj, k.alg, kek)
 			if err != nil {
 				return err
@@ -95,7 +100,9 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 		if _, err := rand.Read(h.Nonce); err != nil {
 			return err
 		}
-		k.seals.Add(1)
+		if k.seals.Add(1) > p.cfg.MaxSealsPerKey {
+			return ErrKeyExhausted
+		}
 		return p.encryptContent(ctx, s, k.obj, h, bw, src, size)
 	})
 	if err == nil {
@@ -286,15 +293,18 @@ func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Mes
 	if err != nil {
 		return err
 	}
-	k, _, err := p.unwrapRecipient(ctx, h, alg)
+	// Unwrapped now, or kept by the data-key cache (cache.go).
+	k, done, err := p.decryptKey(ctx, h, alg, o.Context)
 	if err != nil {
 		return err
 	}
-	defer k.Destroy(context.WithoutCancel(ctx))
+	defer func() { done(err) }()
 	if m.ContentLen <= oneShotLimit {
-		return p.decryptOneShot(ctx, dst, k, m)
+		err = p.decryptOneShot(ctx, dst, k, m)
+		return err
 	}
-	return p.decryptStreaming(ctx, dst, k, m)
+	err = p.decryptStreaming(ctx, dst, k, m)
+	return err
 }
 
 func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {

@@ -128,7 +128,16 @@ func callCases() []callCase {
 		encryptCase("Encrypt1MiB", msg1M, sameConfig),
 		decryptCase("Decrypt1KiB", msg1K, sameConfig),
 		decryptCase("Decrypt1MiB", msg1M, sameConfig),
+		encryptCase("Encrypt1KiBCached", msg1K, withCache),
+		decryptCase("Decrypt1KiBCached", msg1K, withCache),
 	}
+}
+
+// withCache turns the data-key cache on (provider/cache.go) with limits the
+// benchmarks do not reach.
+func withCache(c provider.Config) provider.Config {
+	c.DataKeyCache = &provider.DataKeyCache{MaxMessages: 1 << 30, MaxAge: time.Hour}
+	return c
 }
 
 func encryptCase(name string, msg []byte, cfg func(provider.Config) provider.Config) callCase {
@@ -353,10 +362,15 @@ func TestCallCounts(t *testing.T) {
 		"Encrypt1MiB":    {"C_GenerateKey": 1, "C_WrapKey": 1, "C_EncryptInit": 1, "C_EncryptUpdate": 32, "C_EncryptFinal": 1, "C_DestroyObject": 1},
 		"Decrypt1KiB":    {"C_UnwrapKey": 1, "C_DecryptInit": 1, "C_Decrypt": 1, "C_DestroyObject": 1},
 		"Decrypt1MiB":    {"C_UnwrapKey": 1, "C_DecryptInit": 1, "C_Decrypt": 1, "C_DestroyObject": 1},
+		// The data-key cache: the key made or unwrapped once, then reused.
+		"Encrypt1KiBCached": {"C_EncryptInit": 1, "C_Encrypt": 1},
+		"Decrypt1KiBCached": {"C_DecryptInit": 1, "C_Decrypt": 1},
 	}
 	for _, c := range callCases() {
 		t.Run(c.name, func(t *testing.T) {
-			p := open(t, 2)
+			p, err := provider.Open(ctx, c.config(config(2)))
+			require.NoError(t, err)
+			t.Cleanup(func() { assert.NoError(t, p.Close()) })
 			op, err := c.setup(ctx, p, "callcount")
 			require.NoError(t, err)
 			for range 3 { // steady state: the first key of each kind is read back

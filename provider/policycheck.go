@@ -73,3 +73,10 @@ func (p *Provider) keyCheckValue(s *p11.Session, k *Key) ([]byte, error) {
 	k.kcv.Store(&kcv)
 	return bytes.Clone(kcv), nil
 }
+
+// TokenCalls returns the number of PKCS#11 calls this process has made
+// through hsmkeys since it started, on every module and by every provider
+// (C_GetFunctionList, C_Initialize and C_Finalize excepted). On a networked
+// HSM each call is a round trip: the difference over an operation is what
+// it costs there (hsmkeys bench reports it per operation).
+func TokenCalls() uint64 { return p11.Calls() }

@@ -378,11 +378,45 @@ func TestCallCounts(t *testing.T) {
 			}
 			const n = 4
 			before := snapshot(t)
+			counted := provider.TokenCalls()
 			for range n {
 				require.NoError(t, op(ctx))
 			}
-			got, _ := callsPerOp(before, snapshot(t), n)
+			counted = provider.TokenCalls() - counted
+			got, total := callsPerOp(before, snapshot(t), n)
 			assert.Equal(t, want[c.name], got)
+			// The provider's own count (hsmkeys bench) is the module's.
+			assert.InDelta(t, total, float64(counted)/n, 1e-9, "provider.TokenCalls against faultmod")
 		})
 	}
+}
+
+// TestTokenCallsOpenClose: provider.TokenCalls counts every call of Open
+// and Close too (slot and mechanism lists, token info, sessions, login,
+// the enforcement checks), as faultmod counts them, loading excepted.
+func TestTokenCallsOpenClose(t *testing.T) {
+	need(t)
+	ctx := context.Background()
+	before := snapshot(t)
+	counted := provider.TokenCalls()
+	p, err := provider.Open(ctx, config(2))
+	require.NoError(t, err)
+	k, err := p.Generate(ctx, provider.AES256)
+	require.NoError(t, err)
+	require.NoError(t, roundTrip(ctx, k, "x"))
+	require.NoError(t, p.Close())
+	counted = provider.TokenCalls() - counted
+	after := snapshot(t)
+	var want uint64
+	for fn, c := range after.Calls {
+		switch fn {
+		case "C_GetFunctionList", "C_Initialize", "C_Finalize":
+			continue
+		case "C_GetInfo":
+			c-- // the first snapshot's
+		}
+		want += c - before.Calls[fn]
+	}
+	assert.Equal(t, want, counted)
+	t.Logf("Open, one generate, seal and open, Close: %d PKCS#11 calls", counted)
 }

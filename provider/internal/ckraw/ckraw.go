@@ -435,11 +435,12 @@ func (m *Module) Close() error {
 // Owner reports whether this process's C_Initialize of the module was ours
 // (false: another part of the process had initialised it).
 func (m *Module) Owner() bool {
-	if _, err := m.acquire(); err != nil {
+	if m == nil {
 		return false
 	}
+	m.mu.RLock() // not acquire: no PKCS#11 call to count
 	defer m.mu.RUnlock()
-	return m.inst.owner
+	return m.fl != nil && m.inst.owner
 }
 
 // acquire read-locks m and returns its function list, or ErrClosed. The
@@ -453,6 +454,7 @@ func (m *Module) acquire() (C.CK_FUNCTION_LIST_PTR, error) {
 		m.mu.RUnlock()
 		return nil, ErrClosed
 	}
+	calls.Add(1) // the call the caller makes now; see Calls for the others
 	return m.fl, nil
 }
 
@@ -552,7 +554,12 @@ func (m *Module) GetTemplate(session, object, attrType uint) ([]Attr, error) {
 	defer a.free()
 	outer := (*C.CK_ATTRIBUTE)(a.alloc(attrSize))
 	outer._type = C.CK_ATTRIBUTE_TYPE(attrType)
+	first := true
 	get := func() error {
+		if !first {
+			calls.Add(1) // acquire counted the first
+		}
+		first = false
 		rv := C.ckraw_get_attribute_value(fl, C.CK_SESSION_HANDLE(session), C.CK_OBJECT_HANDLE(object), outer, 1)
 		return toError(rv)
 	}

@@ -172,7 +172,10 @@ func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {
 	}
 	// The list can grow between the two calls (a token inserted): ask again
 	// on CKR_BUFFER_TOO_SMALL (§5.2).
-	for range 4 {
+	for i := range 4 {
+		if i > 0 {
+			calls.Add(1)
+		}
 		var n C.CK_ULONG
 		if rv := C.ck_get_slot_list(fl, present, nil, &n); rv != C.CKR_OK {
 			return nil, toError(rv)
@@ -184,6 +187,7 @@ func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {
 			return nil, fmt.Errorf("ckraw: module reported %d slots", uint64(n))
 		}
 		list := make([]C.CK_SLOT_ID, n)
+		calls.Add(1)
 		rv := C.ck_get_slot_list(fl, present, &list[0], &n)
 		if rv == C.CKR_BUFFER_TOO_SMALL {
 			continue
@@ -259,6 +263,7 @@ func (c *Ctx) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {
 		return nil, fmt.Errorf("ckraw: module reported %d mechanisms", uint64(n))
 	}
 	list := make([]C.CK_MECHANISM_TYPE, n)
+	calls.Add(1)
 	if rv := C.ck_get_mechanism_list(fl, C.CK_SLOT_ID(slotID), &list[0], &n); rv != C.CKR_OK {
 		return nil, toError(rv)
 	}
@@ -470,6 +475,7 @@ func (c *Ctx) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, 
 			list[i].pValue = C.CK_VOID_PTR(ar.alloc(int(n)))
 		}
 	}
+	calls.Add(1)
 	if rv := C.ck_get_attribute_value(fl, C.CK_SESSION_HANDLE(sh), C.CK_OBJECT_HANDLE(o), &list[0], C.CK_ULONG(len(list))); rv != C.CKR_OK {
 		return nil, toError(rv)
 	}
@@ -615,6 +621,7 @@ func sized(call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, er
 	if uint64(n) > MaxOutput {
 		return nil, fmt.Errorf("ckraw: module asked for a %d-byte output buffer", uint64(n))
 	}
+	calls.Add(1) // acquire counted the size query
 	return variable(int(n), call)
 }
 

@@ -1,6 +1,7 @@
 package p11
 
 import (
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 	"github.com/miekg/pkcs11"
 )
 
@@ -16,3 +17,7 @@ func (p *Pool) CheckValue(s *Session, key Object) ([]byte, error) {
 	}
 	return got[0].Value, nil
 }
+
+// Calls is the number of PKCS#11 calls this process has made through the
+// binding (ckraw.Calls).
+func Calls() uint64 { return ckraw.Calls() }

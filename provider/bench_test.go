@@ -104,8 +104,8 @@ func BenchmarkGenerate(b *testing.B) {
 			}
 		}
 	})
-	b.Run("provider-checkfirst", func(b *testing.B) {
-		p := openProvider(b, func(c *Config) { c.MaxSessions = 1; c.PolicyCheck = CheckFirstKey })
+	b.Run("provider-checkevery", func(b *testing.B) {
+		p := openProvider(b, func(c *Config) { c.MaxSessions = 1; c.PolicyCheck = CheckEveryKey })
 		for b.Loop() {
 			k, err := p.Generate(bg, AES256)
 			if err != nil {

@@ -399,13 +399,25 @@ func TestTokenCallsOpenClose(t *testing.T) {
 	ctx := context.Background()
 	before := snapshot(t)
 	counted := provider.TokenCalls()
+	phase := counted
+	phases := map[string]uint64{}
+	mark := func(name string) {
+		now := provider.TokenCalls()
+		phases[name] = now - phase
+		phase = now
+	}
 	p, err := provider.Open(ctx, config(2))
 	require.NoError(t, err)
+	mark("open")
 	k, err := p.Generate(ctx, provider.AES256)
 	require.NoError(t, err)
+	mark("first generate")
 	require.NoError(t, roundTrip(ctx, k, "x"))
+	mark("seal and open")
 	require.NoError(t, p.Close())
+	mark("close (one key)")
 	counted = provider.TokenCalls() - counted
+	t.Logf("calls by phase: %v", phases)
 	after := snapshot(t)
 	var want uint64
 	for fn, c := range after.Calls {

@@ -28,6 +28,7 @@ func BenchmarkDataKeyCache(b *testing.B) {
 		kek := benchKEK(b, p)
 		var ct bytes.Buffer
 		b.Run("Encrypt1KiB/"+name, func(b *testing.B) {
+			defer cpuPerOp(b)()
 			for b.Loop() {
 				ct.Reset()
 				if err := p.Encrypt(bg, &ct, bytes.NewReader(msg), int64(len(msg)), []*KEK{kek}, Options{}); err != nil {
@@ -37,6 +38,7 @@ func BenchmarkDataKeyCache(b *testing.B) {
 		})
 		msgCT := bytes.Clone(ct.Bytes())
 		b.Run("Decrypt1KiB/"+name, func(b *testing.B) {
+			defer cpuPerOp(b)()
 			var out bytes.Buffer
 			for b.Loop() {
 				out.Reset()

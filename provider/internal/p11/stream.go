@@ -56,9 +56,7 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
-	// One call: AES-GCM and AES-CTR give back at most the input and one
-	// block a token held back (PKCS#11 v2.40 base §5.2 for the rest).
-	out, err := e.p.ctx().EncryptUpdateCap(e.s.h, in, len(in)+16)
+	out, err := e.p.ctx().EncryptUpdateCap(e.s.h, in, updateCap(len(in)))
 	if err != nil {
 		e.finish()
 	}
@@ -82,6 +80,20 @@ func (e *EncryptStream) Abort() {
 	// to end the operation (v3.0 §5.2 allows a NULL-buffer init too).
 	_, _ = e.p.ctx().EncryptFinalCap(e.s.h, finalCap)
 	e.finish()
+}
+
+// updateCap is the output buffer of one C_EncryptUpdate of n bytes, so
+// that one call is enough: AES-GCM and AES-CTR give back what they are
+// given (SoftHSM) or, from a token that holds back part of a block, at
+// most one block more. Parts of whole blocks get exactly n (a 32 KiB
+// buffer, not one of the next size class, which would add a quarter to
+// the garbage of every stream); a token that answers CKR_BUFFER_TOO_SMALL
+// gets the size it asks for in a second call (PKCS#11 v2.40 base §5.2).
+func updateCap(n int) int {
+	if n%16 == 0 {
+		return n
+	}
+	return n + 16
 }
 
 // finalCap is room for what C_EncryptFinal returns for AES-GCM (a block

@@ -223,6 +223,10 @@ func TestDataKeyCacheConfig(t *testing.T) {
 		_, err := Open(bg, cfg)
 		require.ErrorIs(t, err, ErrConfig, "%+v", c)
 	}
+	// MaxSealsPerKey bounds MaxMessages: a cached key is retired before
+	// it would refuse a message with ErrKeyExhausted.
+	p := openProvider(t, func(c *Config) { c.MaxSealsPerKey = 2; c.DataKeyCache = &DataKeyCache{MaxMessages: 10} })
+	assert.EqualValues(t, 2, p.cache.lim.MaxMessages)
 	got, err := (&DataKeyCache{}).resolve()
 	require.NoError(t, err)
 	assert.Equal(t, DataKeyCache{MaxMessages: DefaultCacheMessages, MaxBytes: DefaultCacheBytes, MaxAge: DefaultCacheAge, MaxEntries: DefaultCacheEntries}, got)
@@ -271,3 +275,24 @@ var errMismatchTest = bytesMismatch{}
 type bytesMismatch struct{}
 
 func (bytesMismatch) Error() string { return "decrypted bytes differ" }
+
+// TestDataKeyCacheSealLimit: with MaxSealsPerKey below MaxMessages, a
+// cached key is replaced before it would refuse a message.
+func TestDataKeyCacheSealLimit(t *testing.T) {
+	a := openAdmin(t)
+	name := uniqueName(t, "cache-seals")
+	makeKEK(t, a, name, KEKAES256)
+	require.NoError(t, a.Close())
+	p := openProvider(t, func(c *Config) { c.MaxSealsPerKey = 2; c.DataKeyCache = &DataKeyCache{MaxMessages: 10} })
+	kek, err := p.KEK(bg, name)
+	require.NoError(t, err)
+	wrapped := map[string]int{}
+	for range 5 {
+		var out bytes.Buffer
+		require.NoError(t, p.Encrypt(bg, &out, bytes.NewReader([]byte("m")), 1, []*KEK{kek}, Options{}))
+		m, err := cms.Parse(bytes.NewReader(out.Bytes()), int64(out.Len()))
+		require.NoError(t, err)
+		wrapped[string(m.Header.Recipients[0].(*cms.KEKRecipient).EncryptedKey)]++
+	}
+	assert.Len(t, wrapped, 3, "5 messages, 2 per key")
+}

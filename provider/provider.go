@@ -160,6 +160,9 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cache != nil && cache.lim.MaxMessages > cfg.MaxSealsPerKey {
+		cache.lim.MaxMessages = cfg.MaxSealsPerKey // a cached key never reaches ErrKeyExhausted
+	}
 	// A token may fail to open for a moment (SoftHSM's file store under
 	// several processes, SoftHSMv2 #757): it is missing from the slot list,
 	// or C_GetTokenInfo, C_OpenSession or C_Login fail with

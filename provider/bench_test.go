@@ -105,8 +105,8 @@ func gcmMechanism(nonce, aad []byte) ([]*pkcs11.Mechanism, *pkcs11.GCMParams) {
 
 func BenchmarkGenerate(b *testing.B) {
 	b.Run("provider", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			k, err := p.Generate(bg, AES256)
 			if err != nil {
@@ -118,8 +118,8 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	})
 	b.Run("provider-checkevery", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1; c.PolicyCheck = CheckEveryKey })
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			k, err := p.Generate(bg, AES256)
 			if err != nil {
@@ -131,8 +131,8 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	})
 	b.Run("raw", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		r := openRaw(b)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			h := rawSessionKeyChecked(b, r, 32, false) // as the default in steady state
 			if err := r.ctx.DestroyObject(r.s, h); err != nil {
@@ -141,8 +141,8 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	})
 	b.Run("crypto11", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		c := needCrypto11(b)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			attrs := crypto11.NewAttributeSet()
 			if err := attrs.Set(crypto11.CkaToken, false); err != nil {
@@ -165,11 +165,11 @@ func BenchmarkGenerate(b *testing.B) {
 func BenchmarkSeal1KiB(b *testing.B) {
 	msg := make([]byte, 1024)
 	b.Run("provider", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		k, err := p.Generate(bg, AES256)
 		require.NoError(b, err)
 		b.SetBytes(int64(len(msg)))
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			if _, err := k.Seal(bg, msg, nil); err != nil {
 				b.Fatal(err)
@@ -177,11 +177,11 @@ func BenchmarkSeal1KiB(b *testing.B) {
 		}
 	})
 	b.Run("raw", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		r := openRaw(b)
 		h := rawSessionKey(b, r, 32)
 		b.Cleanup(func() { _ = r.ctx.DestroyObject(r.s, h) })
 		b.SetBytes(int64(len(msg)))
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			var nonce [12]byte
 			if _, err := rand.Read(nonce[:]); err != nil {
@@ -201,7 +201,6 @@ func BenchmarkSeal1KiB(b *testing.B) {
 		}
 	})
 	b.Run("crypto11", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		c := needCrypto11(b)
 		attrs := crypto11.NewAttributeSet()
 		require.NoError(b, attrs.Set(crypto11.CkaToken, false))
@@ -212,6 +211,7 @@ func BenchmarkSeal1KiB(b *testing.B) {
 		aead, err := k.NewGCM()
 		require.NoError(b, err)
 		b.SetBytes(int64(len(msg)))
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			var nonce [12]byte
 			if _, err := rand.Read(nonce[:]); err != nil {
@@ -237,11 +237,11 @@ func benchKEK(b *testing.B, p *Provider) *KEK {
 
 func BenchmarkExport(b *testing.B) {
 	b.Run("provider", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p)
 		k, err := p.Generate(bg, AES256)
 		require.NoError(b, err)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			if _, err := p.Export(bg, k, []*KEK{kek}, Options{}); err != nil {
 				b.Fatal(err)
@@ -249,7 +249,6 @@ func BenchmarkExport(b *testing.B) {
 		}
 	})
 	b.Run("raw", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p).obj.Wrap
 		r := openRaw(b)
@@ -260,6 +259,7 @@ func BenchmarkExport(b *testing.B) {
 		if _, err := r.ctx.GetAttributeValue(r.s, h, []*pkcs11.Attribute{{Type: pkcs11.CKA_CHECK_VALUE}}); err != nil {
 			b.Fatal(err)
 		}
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			// Wrap, manifest encryption: the calls Export makes.
 			if _, err := r.ctx.WrapKey(r.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, pkcs11.ObjectHandle(kek), h); err != nil {
@@ -282,13 +282,13 @@ func BenchmarkExport(b *testing.B) {
 
 func BenchmarkImport(b *testing.B) {
 	b.Run("provider", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p)
 		k, err := p.Generate(bg, AES256)
 		require.NoError(b, err)
 		blob, err := p.Export(bg, k, []*KEK{kek}, Options{})
 		require.NoError(b, err)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			back, err := p.Import(bg, blob, Options{})
 			if err != nil {
@@ -300,7 +300,6 @@ func BenchmarkImport(b *testing.B) {
 		}
 	})
 	b.Run("raw", func(b *testing.B) {
-		defer cpuPerOp(b)()
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p)
 		k, err := p.Generate(bg, AES256)
@@ -316,6 +315,7 @@ func BenchmarkImport(b *testing.B) {
 			pkcs11.CKA_WRAP_WITH_TRUSTED, pkcs11.CKA_COPYABLE, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP,
 			pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY}
 		vals := []bool{false, true, true, true, true, false, true, true, false, false, false, false, false}
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			tmpl := []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -358,6 +358,7 @@ func BenchmarkEncryptStream(b *testing.B) {
 		p := openProvider(b, func(c *Config) { c.MaxSessions = 1 })
 		kek := benchKEK(b, p)
 		b.SetBytes(streamSize)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			if err := p.Encrypt(bg, io.Discard, &patternReader{n: streamSize}, streamSize, []*KEK{kek}, Options{}); err != nil {
 				b.Fatal(err)
@@ -370,6 +371,7 @@ func BenchmarkEncryptStream(b *testing.B) {
 		r := openRaw(b)
 		buf := make([]byte, DefaultChunkSize)
 		b.SetBytes(streamSize)
+		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
 			// A fresh key, wrapped; the content through multi-part GCM.
 			h := rawSessionKey(b, r, 32)
@@ -418,6 +420,7 @@ func BenchmarkChunkSize(b *testing.B) {
 			b.Cleanup(func() { _ = r.ctx.DestroyObject(r.s, h) })
 			buf := make([]byte, size)
 			b.SetBytes(total)
+			defer cpuPerOp(b)() // the loop only, not the setup above
 			for b.Loop() {
 				var nonce [12]byte
 				_, _ = rand.Read(nonce[:])
@@ -441,10 +444,10 @@ func BenchmarkChunkSize(b *testing.B) {
 
 // cpuPerOp reports the CPU time (user and system, the whole process:
 // SoftHSM runs in it) per operation as "cpu-µs/op", measured from the call
-// to the returned function's. On a shared machine wall time swings with
-// the load; CPU time much less, so the comparisons of docs/performance.md
-// use it. It includes the sub-benchmark's setup (one Open), which is small
-// against b.N operations.
+// to the returned function's: call it right before the b.Loop, so that the
+// setup (an Open with its enforcement checks costs milliseconds) is left
+// out. On a shared machine wall time swings with the load; CPU time much
+// less, so the comparisons of docs/performance.md use it.
 func cpuPerOp(b *testing.B) func() {
 	start := cpuTime()
 	return func() {

@@ -217,10 +217,15 @@ func TestKilledWhileEncryptingAndDecrypting(t *testing.T) {
 	before := dirState(t, dir)
 	objects := tokenObjects(t)
 
-	for _, d := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond} {
-		killed := killAfter(t, hsmkeys("encrypt", "--kek", "old", "-i", in, "-o", out), d, nil)
-		assert.True(t, killed, "encrypt killed mid-work after %v", d)
-		assert.Equal(t, before, dirState(t, dir), "after a kill at %v: input and previous output as they were, nothing else in the directory", d)
+	// Encrypt reads its input from a pipe that stalls after some data: the
+	// kill comes while it is surely mid-work, whatever the machine's speed
+	// (256 MiB from a file took 900 ms once; now less).
+	for _, fed := range []int{1 << 20, 16 << 20} {
+		cmd := hsmkeys("encrypt", "--kek", "old", "-o", out)
+		stalled := feedThenStall(t, cmd, in, fed)
+		killed := killAfter(t, cmd, 30*time.Second, stalled)
+		assert.True(t, killed, "encrypt killed mid-work after %d bytes", fed)
+		assert.Equal(t, before, dirState(t, dir), "after a kill at %d bytes: input and previous output as they were, nothing else in the directory", fed)
 	}
 	assert.Equal(t, objects, tokenObjects(t))
 
@@ -231,11 +236,67 @@ func TestKilledWhileEncryptingAndDecrypting(t *testing.T) {
 	plain := filepath.Join(dir, "plain")
 	require.NoError(t, os.WriteFile(plain, []byte("previous plaintext"), 0o600))
 	before = dirState(t, dir)
-	for _, d := range []time.Duration{200 * time.Millisecond, 700 * time.Millisecond} {
-		assert.True(t, killAfter(t, hsmkeys("decrypt", "-i", msg, "-o", plain), d, nil), "decrypt killed mid-work after %v", d)
-		assert.Equal(t, before, dirState(t, dir), "after a kill at %v: no partial plaintext", d)
+	// Killed once it has read 64 MiB (the tag check, the first pass) and
+	// 320 MiB (the decryption, the second) of the message, whatever the
+	// machine's speed (the whole took 0.8 s here).
+	for _, read := range []int64{64 << 20, 320 << 20} {
+		cmd := hsmkeys("decrypt", "-i", msg, "-o", plain)
+		assert.True(t, killAfter(t, cmd, 30*time.Second, hasRead(cmd, read)), "decrypt killed mid-work after reading %d bytes", read)
+		assert.Equal(t, before, dirState(t, dir), "after a kill at %d bytes read: no partial plaintext", read)
 	}
 	assert.Equal(t, objects, tokenObjects(t))
+}
+
+// feedThenStall gives cmd a pipe as stdin, writes the first n bytes of the
+// file path into it and then writes nothing more, keeping the pipe open.
+// The function returned reports whether all n bytes were written: the
+// command has read all but a pipe buffer of them and waits for more. The
+// pipe is closed when the test ends.
+func feedThenStall(t *testing.T, cmd *exec.Cmd, path string, n int) func() bool {
+	t.Helper()
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	cmd.Stdin = r
+	t.Cleanup(func() { r.Close(); w.Close() })
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer f.Close()
+		if _, err := io.CopyN(w, f, int64(n)); err == nil {
+			close(done)
+		}
+	}()
+	return func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// hasRead reports whether the started cmd has read at least n bytes
+// (rchar of /proc/PID/io: every read and pread).
+func hasRead(cmd *exec.Cmd, n int64) func() bool {
+	return func() bool {
+		if cmd.Process == nil {
+			return false
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", cmd.Process.Pid))
+		if err != nil {
+			return false
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+				var got int64
+				_, err := fmt.Sscan(v, &got)
+				return err == nil && got >= n
+			}
+		}
+		return false
+	}
 }
 
 func TestKilledWhileRewrapping(t *testing.T) {

@@ -375,15 +375,28 @@ func (a *arena) attrs(tmpl []*pkcs11.Attribute) (C.CK_ATTRIBUTE_PTR, C.CK_ULONG,
 	if len(tmpl) > maxTemplateAttrs {
 		return nil, 0, fmt.Errorf("%w: template has %d attributes, more than %d", ErrTemplate, len(tmpl), maxTemplateAttrs)
 	}
-	list := unsafe.Slice((*C.CK_ATTRIBUTE)(a.alloc(len(tmpl)*attrSize)), len(tmpl))
-	for i, at := range tmpl {
+	// One block: the CK_ATTRIBUTE array, then every value (bytes need no
+	// alignment). One C call to allocate and one to free, where a block
+	// per value took two of each: a session key's template has sixteen.
+	values := 0
+	for _, at := range tmpl {
 		if at == nil {
 			return nil, 0, fmt.Errorf("%w: nil attribute", ErrTemplate)
 		}
-		p, n := a.bytes(at.Value)
+		values += len(at.Value)
+	}
+	head := len(tmpl) * attrSize
+	base := a.alloc(head + values)
+	list := unsafe.Slice((*C.CK_ATTRIBUTE)(base), len(tmpl))
+	rest := unsafe.Slice((*byte)(unsafe.Add(base, head)), values)
+	for i, at := range tmpl {
 		list[i]._type = C.CK_ATTRIBUTE_TYPE(at.Type)
-		list[i].pValue = C.CK_VOID_PTR(p)
-		list[i].ulValueLen = C.CK_ULONG(n)
+		if n := len(at.Value); n > 0 {
+			copy(rest, at.Value)
+			list[i].pValue = C.CK_VOID_PTR(unsafe.Pointer(&rest[0]))
+			list[i].ulValueLen = C.CK_ULONG(n)
+			rest = rest[n:]
+		}
 	}
 	return &list[0], C.CK_ULONG(len(list)), nil
 }

@@ -161,7 +161,7 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 			if n > maxGCMContent {
 				return fmt.Errorf("%w: the input is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput)
 			}
-			c, err := enc.Update(buf[:m])
+			c, err := enc.UpdateReuse(buf[:m]) // emit hands c on before the next part
 			if err != nil {
 				return err
 			}

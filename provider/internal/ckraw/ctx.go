@@ -770,6 +770,25 @@ func (c *Ctx) EncryptUpdateCap(sh pkcs11.SessionHandle, in []byte, outCap int) (
 	})
 }
 
+// EncryptUpdateIn is EncryptUpdateCap writing into buf (its length is the
+// capacity; at least 1 byte): the result aliases buf unless the module
+// asked for more room. For streams that consume each part before the
+// next, so that a gigabyte does not leave a gigabyte of garbage.
+func (c *Ctx) EncryptUpdateIn(sh pkcs11.SessionHandle, in, buf []byte) ([]byte, error) {
+	if len(buf) == 0 || len(buf) > MaxOutput {
+		return nil, fmt.Errorf("%w: C_EncryptUpdate: output buffer of %d bytes", ErrInput, len(buf))
+	}
+	fl, done, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	p, n := nonNil(in)
+	return variableIn(buf, len(buf), func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV {
+		return C.ck_encrypt_update(fl, C.CK_SESSION_HANDLE(sh), p, n, out, outLen)
+	})
+}
+
 // EncryptFinalCap is C_EncryptFinal in one call with an output buffer of
 // outCap bytes, as EncryptUpdateCap. AES-GCM: one block and the tag (32
 // bytes) is always enough.

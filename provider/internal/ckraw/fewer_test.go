@@ -9,6 +9,8 @@ import (
 
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/ckraw"
 )
 
 // TestGetAttributeValueCap: one call with buffers of the known sizes gives
@@ -96,4 +98,39 @@ func TestEncryptUpdateCap(t *testing.T) {
 	}
 	_, err = c.EncryptUpdateCap(s, []byte{1}, -1)
 	require.Error(t, err)
+}
+
+// TestEncryptUpdateIn: the output lands in the caller's buffer, in one
+// call; a buffer too small gets a new one of the size the token asked for;
+// no buffer at all is refused before the token is called.
+func TestEncryptUpdateIn(t *testing.T) {
+	f := newFixture(t)
+	s := f.session(t)
+	f.login(t, s, pkcs11.CKU_USER)
+	defer f.logout(t, s)
+	value := randBytes(t, 32)
+	key := aesKey(t, f, s, value, false)
+	c := f.raw.Ctx()
+	block, err := aes.NewCipher(value)
+	require.NoError(t, err)
+	g, err := cipher.NewGCM(block)
+	require.NoError(t, err)
+	nonce, msg := randBytes(t, 12), randBytes(t, 2048)
+	gcmInit(t, f, s, key, true, nonce, nil)
+	buf := make([]byte, 1024)
+	var out, ct []byte
+	n := calls(func() { ct, err = c.EncryptUpdateIn(s, msg[:1024], buf) })
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	require.Same(t, &buf[0], &ct[0], "written into the caller's buffer")
+	out = append(out, ct...)
+	n = calls(func() { ct, err = c.EncryptUpdateIn(s, msg[1024:], buf[:16]) })
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n, "too small: the size the token asked for")
+	out = append(out, ct...)
+	last, err := c.EncryptFinalCap(s, 32)
+	require.NoError(t, err)
+	require.Equal(t, g.Seal(nil, nonce, msg, nil), append(out, last...))
+	_, err = c.EncryptUpdateIn(s, msg, nil)
+	require.ErrorIs(t, err, ckraw.ErrInput)
 }

@@ -177,7 +177,12 @@ func inBytes(in []byte) (C.CK_BYTE_PTR, C.CK_ULONG) {
 func variable(outCap int, call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, error) {
 	// A NULL output pointer asks for the size only (§5.2), so even a
 	// 0-byte buffer must have an address.
-	buf := make([]byte, max(outCap, 1))
+	return variableIn(make([]byte, max(outCap, 1)), outCap, call)
+}
+
+// variableIn is variable with the caller's buffer (len(buf) >= max(outCap,
+// 1)); the result aliases buf unless the module asked for more room.
+func variableIn(buf []byte, outCap int, call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, error) {
 	n := C.CK_ULONG(outCap)
 	outputCalls.Add(1)
 	rv := call((C.CK_BYTE_PTR)(unsafe.Pointer(&buf[0])), &n)

@@ -30,10 +30,11 @@ func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
 // (PKCS#11 v2.40 §5.8, C_EncryptUpdate/C_EncryptFinal). The session may do
 // nothing else until Final or Abort.
 type EncryptStream struct {
-	p      *Pool
-	s      *Session
-	params *ckraw.GCMParams
-	done   bool
+	p       *Pool
+	s       *Session
+	params  *ckraw.GCMParams
+	done    bool
+	scratch []byte // UpdateReuse's output
 }
 
 // GCMEncrypt starts AES-GCM encryption under key with this nonce and AAD.
@@ -57,6 +58,24 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 		return nil, nil
 	}
 	out, err := e.p.ctx().EncryptUpdateCap(e.s.h, in, updateCap(len(in)))
+	if err != nil {
+		e.finish()
+	}
+	return out, wrapErr("C_EncryptUpdate", err)
+}
+
+// UpdateReuse is Update writing into a buffer the stream keeps: the result
+// is valid until the next call on e. For callers that hand each part on
+// (to a writer that does not keep it, per io.Writer) before the next.
+func (e *EncryptStream) UpdateReuse(in []byte) ([]byte, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	want := updateCap(len(in))
+	if cap(e.scratch) < want {
+		e.scratch = make([]byte, want)
+	}
+	out, err := e.p.ctx().EncryptUpdateIn(e.s.h, in, e.scratch[:want])
 	if err != nil {
 		e.finish()
 	}

@@ -53,8 +53,8 @@ type Config struct {
 	// ExportPolicy says whether session keys may leave the token wrapped
 	// (default ExportTrusted: only under SO-trusted KEKs, checked at Open).
 	ExportPolicy ExportPolicy
-	// PolicyCheck says which generated keys have their policy attributes
-	// read back (default CheckEveryKey). Unwrapped keys are always checked.
+	// PolicyCheck says which new session keys have their policy attributes
+	// read back (default CheckFirstKey; docs/performance.md says why).
 	PolicyCheck PolicyCheck
 	// ChunkSize is the size of the parts Encrypt and Decrypt hand the token
 	// (default DefaultChunkSize; 4 KiB to 16 MiB). Larger parts mean fewer
@@ -78,20 +78,30 @@ type Config struct {
 
 	// diagnostic: opened by OpenDiagnostic (no requirement enforced).
 	diagnostic bool
+	// DataKeyCache, when not nil, lets Encrypt reuse a session key for
+	// several messages to the same KEKs and context, and Decrypt keep the
+	// keys it unwrapped, within its limits (cache.go; docs/security.md says
+	// what this trades away). Nil (the default): a new key per message.
+	DataKeyCache *DataKeyCache
 }
 
 // PolicyCheck says how often Generate reads back a new key's attributes.
 type PolicyCheck int
 
 const (
+	// CheckFirstKey (the default) reads back the first key of each kind
+	// this provider generates, and the first it unwraps under each KEK,
+	// and, if the token applied every attribute, trusts it with the same
+	// template afterwards. Open has already shown that the token enforces
+	// what the export policy rests on (trusted-only wrapping, wrap and
+	// unwrap templates); the read-back of every key would cost a round trip
+	// per key (a third of Generate on SoftHSM).
+	CheckFirstKey PolicyCheck = iota
 	// CheckEveryKey reads back the policy attributes of every key Generate
-	// makes, and destroys a key the token did not make as asked. It costs
-	// one C_GetAttributeValue per key (on SoftHSM a third of Generate).
-	CheckEveryKey PolicyCheck = iota
-	// CheckFirstKey reads back the first key of each kind this provider
-	// makes and, if the token applied every attribute, trusts it with the
-	// same template afterwards. For tokens where a round trip is dear.
-	CheckFirstKey
+	// makes or Unwrap brings in, and destroys a key the token did not make
+	// as asked: one C_GetAttributeValue more per key, against a token that
+	// applies a template inconsistently.
+	CheckEveryKey
 )
 
 // DefaultMaxSessions is the pool size when Config.MaxSessions is zero.

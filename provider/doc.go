@@ -54,6 +54,16 @@
 // with ErrClosed when that call returns, and the rest (its key, the
 // sessions, the module) is released after it.
 //
+// # Round trips
+//
+// On a networked HSM every PKCS#11 call is a round trip. Each operation
+// makes only the calls it cannot avoid in steady state (Generate and
+// Destroy 2, Seal 2, Export 3 and 1 per KEK, Import 6, Encrypt of one part 5,
+// Decrypt up to 4 MiB 4; docs/performance.md says why each is needed),
+// and TokenCalls counts them. Config.DataKeyCache (opt-in) reuses a
+// session key for several messages, within limits, so that Encrypt and
+// Decrypt of a small message cost 2 calls, as Seal and Open do.
+//
 // # Several processes
 //
 // Several processes may use one token. Some tokens fail calls for a moment

@@ -247,7 +247,7 @@ func (p *Provider) Export(ctx context.Context, k *Key, to []*KEK, o Options) ([]
 	}
 	var der []byte
 	err := k.use(ctx, "export", func(s *p11.Session) error {
-		kcv, err := p.pool.KCV(s, k.obj)
+		kcv, err := p.keyCheckValue(s, k)
 		if err != nil {
 			return err
 		}

@@ -674,11 +674,13 @@ func (p *Provider) unwrapUnder(ctx context.Context, w *WrappedKey, kek *KEK) (*K
 	defer p.end()
 	pm, _ := w.Mechanism.p11()
 	k := &Key{p: p, alg: w.Algorithm, exportable: true}
+	kind := unwrapKind{string(kek.ID), w.Mechanism, w.Algorithm}
+	verify := p.mustCheck(kind)
 	err := p.do(ctx, func(s *p11.Session) error {
 		var obj p11.Object
 		err := p.withKEK(s, kek, pkcs11.CKR_UNWRAPPING_KEY_HANDLE_INVALID, func(o p11.KEKObject) error {
 			var err error
-			obj, err = p.pool.Unwrap(s, pm, o.Unwrap, w.Bytes, w.Algorithm.bytes())
+			obj, err = p.pool.UnwrapChecked(s, pm, o.Unwrap, w.Bytes, w.Algorithm.bytes(), verify)
 			return err
 		})
 		if err != nil {
@@ -695,6 +697,9 @@ func (p *Provider) unwrapUnder(ctx context.Context, w *WrappedKey, kek *KEK) (*K
 			return nil, fmt.Errorf("unwrap: %w: %w", ErrWrappedKeyInvalid, err)
 		}
 		return nil, fmt.Errorf("unwrap: %w", mapErr(err))
+	}
+	if verify {
+		p.checked.Store(kind, true)
 	}
 	p.register(k)
 	return k, nil

@@ -81,7 +81,9 @@ type Key struct {
 	seals     atomic.Uint64
 	// detach, when set, ends a token operation that holds a session for
 	// this key between calls (NewEncrypter); destroy calls it first.
-	detach func()
+	detach    func()
+	generated bool                   // made by Generate (its CKA_CHECK_VALUE is the token's)
+	kcv       atomic.Pointer[[]byte] // key check value, once computed
 }
 
 // Generate makes a new session key on the token.
@@ -99,13 +101,9 @@ func (p *Provider) generate(ctx context.Context, alg Algorithm, exportable bool)
 		return nil, err
 	}
 	defer p.end()
-	k := &Key{p: p, alg: alg, exportable: exportable}
+	k := &Key{p: p, alg: alg, exportable: exportable, generated: true}
 	spec := p11.SecretKeySpec{Bytes: n, Extractable: exportable, WrapWithTrusted: exportable}
-	verify := true
-	if p.cfg.PolicyCheck == CheckFirstKey {
-		_, checked := p.checkedSpecs.Load(spec)
-		verify = !checked
-	}
+	verify := p.mustCheck(spec)
 	err := p.do(ctx, func(s *p11.Session) error {
 		obj, err := p.pool.GenerateAESChecked(s, spec, verify)
 		if err != nil {
@@ -115,7 +113,7 @@ func (p *Provider) generate(ctx context.Context, alg Algorithm, exportable bool)
 		return nil
 	})
 	if err == nil && verify {
-		p.checkedSpecs.Store(spec, true)
+		p.checked.Store(spec, true)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("generate %v: %w", alg, mapErr(err))

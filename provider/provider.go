@@ -61,9 +61,13 @@ type Provider struct {
 
 	pin []byte // kept to restore a lost login once; cleared by Close
 
-	checkedSpecs sync.Map // p11.SecretKeySpec -> true once read back (CheckFirstKey)
+	// checked holds the kinds of key (a p11.SecretKeySpec for Generate,
+	// an unwrapKind for Unwrap) whose first key was read back (CheckFirstKey).
+	checked sync.Map
+	kcvAttr atomic.Int32 // kcvAttrUnknown, kcvAttrGood or kcvAttrBad
 
 	keks   kekCache
+	cache  *keyCache // Config.DataKeyCache; nil when off
 	oaepMu sync.Mutex
 	oaep   WrapMechanism // the OAEP variant the token accepted, once known
 
@@ -180,6 +184,13 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.MaxSealsPerKey == 0 {
 		cfg.MaxSealsPerKey = DefaultMaxSealsPerKey
 	}
+	cache, err := newKeyCache(cfg.DataKeyCache)
+	if err != nil {
+		return nil, err
+	}
+	if cache != nil && cache.lim.MaxMessages > cfg.MaxSealsPerKey {
+		cache.lim.MaxMessages = cfg.MaxSealsPerKey // a cached key never reaches ErrKeyExhausted
+	}
 	// A token may fail to open for a moment (SoftHSM's file store under
 	// several processes, SoftHSMv2 #757): it is missing from the slot list,
 	// or C_GetTokenInfo, C_OpenSession or C_Login fail with
@@ -195,7 +206,7 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 			clear(pin)
 			return nil, mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: newObserver(cfg)}
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: newObserver(cfg), cache: cache}
 		err = p.open(ctx)
 		if err == nil {
 			p.obs.opened(p, try)
@@ -536,6 +547,9 @@ func (p *Provider) finish() error {
 	p.shutMu.Lock()
 	defer p.shutMu.Unlock()
 	p.finished = true
+	if p.cache != nil {
+		p.cache.close() // its keys are among p.keys, destroyed below
+	}
 
 	p.keysMu.Lock()
 	keys := p.keys

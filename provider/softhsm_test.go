@@ -595,9 +595,9 @@ func TestPolicyCheckFirstKey(t *testing.T) {
 		got := raw.bools(t, uint(k.obj), pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_WRAP_WITH_TRUSTED)
 		assert.Equal(t, map[uint]bool{pkcs11.CKA_SENSITIVE: true, pkcs11.CKA_EXTRACTABLE: true, pkcs11.CKA_WRAP_WITH_TRUSTED: true}, got)
 	}
-	_, checked := p.checkedSpecs.Load(p11.SecretKeySpec{Bytes: 32, Extractable: true, WrapWithTrusted: true})
+	_, checked := p.checked.Load(p11.SecretKeySpec{Bytes: 32, Extractable: true, WrapWithTrusted: true})
 	assert.True(t, checked, "the first key's policy was read back")
-	_, checked = p.checkedSpecs.Load(p11.SecretKeySpec{Bytes: 16, Extractable: true, WrapWithTrusted: true})
+	_, checked = p.checked.Load(p11.SecretKeySpec{Bytes: 16, Extractable: true, WrapWithTrusted: true})
 	assert.False(t, checked, "a kind not made yet is not marked")
 	_, err := Open(bg, Config{Module: tok.module, TokenLabel: tok.label, PIN: PINValue([]byte(tok.userPIN)), PolicyCheck: PolicyCheck(9)})
 	require.ErrorIs(t, err, ErrConfig)

@@ -75,11 +75,12 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 	if p.cfg.ExportPolicy == ExportNone {
 		return fmt.Errorf("encrypt: %w: export policy none: message keys cannot be wrapped for recipients", ErrPolicy)
 	}
-	k, err := p.Generate(ctx, AES256)
+	// A new key, or one the data-key cache holds with its recipients (cache.go).
+	k, recipients, done, err := p.encryptKey(ctx, to, o.Context, size)
 	if err != nil {
 		return fmt.Errorf("encrypt: %w", err)
 	}
-	defer k.Destroy(context.WithoutCancel(ctx))
+	defer func() { done(err) }()
 
 	out := dst
 	var armor io.WriteCloser
@@ -94,7 +95,11 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 		if h.AuthAttrs, err = authAttrs(cms.ContentTypeAttr(cms.OIDData), o.Context, false); err != nil {
 			return err
 		}
+		h.Recipients = recipients
 		for _, kek := range to {
+			if recipients != nil {
+				break
+			}
 			r, err := p.recipientFor(s, k.obj, k.alg, kek)
 			if err != nil {
 				return err
@@ -104,7 +109,9 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 		if _, err := rand.Read(h.Nonce); err != nil {
 			return err
 		}
-		k.seals.Add(1)
+		if k.seals.Add(1) > p.cfg.MaxSealsPerKey {
+			return ErrKeyExhausted
+		}
 		return p.encryptContent(ctx, s, k.obj, h, bw, src, size)
 	})
 	if err == nil {
@@ -121,19 +128,6 @@ func (p *Provider) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, si
 
 // encryptContent writes header, GCM ciphertext of src and trailer.
 func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.Object, h *cms.Header, w io.Writer, src io.Reader, size int64) error {
-	// The encryption starts before the header is written: a token that
-	// makes its own IV gives it now (p11.GCMEncrypt).
-	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
-	if errors.Is(err, p11.ErrNoStreaming) {
-		return p.encryptWhole(s, key, h, w, src, size)
-	}
-	if err != nil {
-		return err
-	}
-	defer enc.Abort()
-	if err := cms.WriteHeader(w, h, size); err != nil {
-		return err
-	}
 	emit := func(c []byte) error {
 		if size >= 0 {
 			_, err := w.Write(c)
@@ -142,12 +136,37 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 		return cms.WriteChunk(w, c)
 	}
 	buf := make([]byte, p.chunkSize())
+	first, ferr := io.ReadFull(src, buf)
+	if ferr == io.EOF || ferr == io.ErrUnexpectedEOF {
+		// The whole message fits in one part: one C_Encrypt, where
+		// C_EncryptUpdate and C_EncryptFinal would be two round trips.
+		return p.encryptOnePart(s, key, h, w, emit, buf[:first], size)
+	}
+	if ferr != nil {
+		return ferr
+	}
+	// The encryption starts before the header is written: a token that
+	// makes its own IV gives it now (p11.GCMEncrypt).
+	enc, err := p.pool.GCMEncrypt(s, key, h.Nonce, h.AAD())
+	if errors.Is(err, p11.ErrNoStreaming) {
+		return p.encryptWhole(s, key, h, w, io.MultiReader(bytes.NewReader(buf[:first]), src), size)
+	}
+	if err != nil {
+		return err
+	}
+	defer enc.Abort()
+	if err := cms.WriteHeader(w, h, size); err != nil {
+		return err
+	}
 	var n int64
-	for {
+	for pending := true; ; pending = false {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		m, rerr := io.ReadFull(src, buf)
+		m, rerr := first, error(nil)
+		if !pending {
+			m, rerr = io.ReadFull(src, buf)
+		}
 		if m > 0 {
 			n += int64(m)
 			if size >= 0 && n > size {
@@ -156,7 +175,7 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 			if n > maxGCMContent {
 				return fmt.Errorf("%w: the input is more than AES-GCM may encrypt under one key and nonce", ErrInvalidInput)
 			}
-			c, err := enc.Update(buf[:m])
+			c, err := enc.UpdateReuse(buf[:m]) // emit hands c on before the next part
 			if err != nil {
 				return err
 			}
@@ -185,6 +204,32 @@ func (p *Provider) encryptContent(ctx context.Context, s *p11.Session, key p11.O
 		return err
 	}
 	return cms.WriteTrailer(w, h, size, last[len(last)-p11.TagSize:])
+}
+
+// encryptOnePart encrypts a message of at most one part with a single
+// C_Encrypt and writes the header, the ciphertext, its trailer and tag.
+func (p *Provider) encryptOnePart(s *p11.Session, key p11.Object, h *cms.Header, w io.Writer, emit func([]byte) error, msg []byte, size int64) error {
+	if size >= 0 && int64(len(msg)) != size {
+		return fmt.Errorf("%w: the input is %d bytes, %d were announced", ErrInvalidInput, len(msg), size)
+	}
+	// SealGCM first: a token that makes its own IV gives it there, and the
+	// header carries it.
+	sealed, err := p.pool.SealGCM(s, key, h.Nonce, h.AAD(), msg)
+	if err != nil {
+		return err
+	}
+	if len(sealed) != len(msg)+p11.TagSize {
+		return fmt.Errorf("token returned %d bytes of ciphertext for %d of plaintext", len(sealed), len(msg))
+	}
+	if err := cms.WriteHeader(w, h, size); err != nil {
+		return err
+	}
+	if body := sealed[:len(msg)]; len(body) > 0 {
+		if err := emit(body); err != nil {
+			return err
+		}
+	}
+	return cms.WriteTrailer(w, h, size, sealed[len(msg):])
 }
 
 // Decrypt decrypts a message made by Encrypt (or by openssl cms for a
@@ -261,7 +306,7 @@ func unarmorToTemp(r io.Reader) (f *os.File, n int64, done func(), err error) {
 	return f, n, done, nil
 }
 
-func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) error {
+func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Message, o Options) (err error) {
 	h := m.Header
 	if kind := kindOf(h); kind != "message" {
 		return &KindError{Kind: kind, Want: "message"}
@@ -279,15 +324,18 @@ func (p *Provider) decryptMessage(ctx context.Context, dst io.Writer, m *cms.Mes
 	if err != nil {
 		return err
 	}
-	k, _, err := p.unwrapRecipient(ctx, h, alg)
+	// Unwrapped now, or kept by the data-key cache (cache.go).
+	k, done, err := p.decryptKey(ctx, h, alg, o.Context)
 	if err != nil {
 		return err
 	}
-	defer k.Destroy(context.WithoutCancel(ctx))
+	defer func() { done(err) }()
 	if m.ContentLen <= p.oneShotMax() {
-		return p.decryptOneShot(ctx, dst, k, m)
+		err = p.decryptOneShot(ctx, dst, k, m)
+		return err
 	}
-	return p.decryptStreaming(ctx, dst, k, m)
+	err = p.decryptStreaming(ctx, dst, k, m)
+	return err
 }
 
 func (p *Provider) decryptOneShot(ctx context.Context, dst io.Writer, k *Key, m *cms.Message) error {

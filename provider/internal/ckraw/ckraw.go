@@ -435,11 +435,12 @@ func (m *Module) Close() error {
 // Owner reports whether this process's C_Initialize of the module was ours
 // (false: another part of the process had initialised it).
 func (m *Module) Owner() bool {
-	if _, err := m.acquire(); err != nil {
+	if m == nil {
 		return false
 	}
+	m.mu.RLock() // not acquire: no PKCS#11 call to count
 	defer m.mu.RUnlock()
-	return m.inst.owner
+	return m.fl != nil && m.inst.owner
 }
 
 // acquire read-locks m and returns its function list, or ErrClosed. The
@@ -453,6 +454,7 @@ func (m *Module) acquire() (C.CK_FUNCTION_LIST_PTR, error) {
 		m.mu.RUnlock()
 		return nil, ErrClosed
 	}
+	calls.Add(1) // the call the caller makes now; see Calls for the others
 	return m.fl, nil
 }
 
@@ -552,7 +554,12 @@ func (m *Module) GetTemplate(session, object, attrType uint) ([]Attr, error) {
 	defer a.free()
 	outer := (*C.CK_ATTRIBUTE)(a.alloc(attrSize))
 	outer._type = C.CK_ATTRIBUTE_TYPE(attrType)
+	first := true
 	get := func() error {
+		if !first {
+			calls.Add(1) // acquire counted the first
+		}
+		first = false
 		rv := C.ckraw_get_attribute_value(fl, C.CK_SESSION_HANDLE(session), C.CK_OBJECT_HANDLE(object), outer, 1)
 		return toError(rv)
 	}
@@ -622,19 +629,24 @@ type arena struct {
 	sizes []int
 }
 
-// alloc returns n zeroed bytes of C memory (n > 0). C.malloc never returns
-// nil: cgo aborts the program when C memory runs out.
+// alloc returns n zeroed bytes of C memory (n > 0): one C call (calloc),
+// not two, since every cgo call costs: a session key's template takes
+// sixteen of these. Out of C memory is fatal, as for C.malloc.
 func (a *arena) alloc(n int) unsafe.Pointer {
-	p := C.malloc(C.size_t(n))
-	C.memset(p, 0, C.size_t(n))
+	p := C.calloc(1, C.size_t(n))
+	if p == nil {
+		panic("ckraw: out of C memory")
+	}
 	a.ptrs = append(a.ptrs, p)
 	a.sizes = append(a.sizes, n)
 	return p
 }
 
+// free scrubs each block from Go (no cgo call; the free that follows is an
+// opaque call, so the stores are not dropped) and frees it.
 func (a *arena) free() {
 	for i, p := range a.ptrs {
-		C.memset(p, 0, C.size_t(a.sizes[i]))
+		clear(unsafe.Slice((*byte)(p), a.sizes[i]))
 		C.free(p)
 	}
 	a.ptrs, a.sizes = nil, nil

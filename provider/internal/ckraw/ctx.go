@@ -175,7 +175,10 @@ func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {
 	}
 	// The list can grow between the two calls (a token inserted): ask again
 	// on CKR_BUFFER_TOO_SMALL (§5.2).
-	for range 4 {
+	for i := range 4 {
+		if i > 0 {
+			calls.Add(1)
+		}
 		var n C.CK_ULONG
 		if rv := C.ck_get_slot_list(fl, present, nil, &n); rv != C.CKR_OK {
 			return nil, toError(rv)
@@ -187,6 +190,7 @@ func (c *Ctx) GetSlotList(tokenPresent bool) ([]uint, error) {
 			return nil, fmt.Errorf("ckraw: module reported %d slots", uint64(n))
 		}
 		list := make([]C.CK_SLOT_ID, n)
+		calls.Add(1)
 		rv := C.ck_get_slot_list(fl, present, &list[0], &n)
 		if rv == C.CKR_BUFFER_TOO_SMALL {
 			continue
@@ -283,6 +287,7 @@ func (c *Ctx) GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error) {
 		return nil, fmt.Errorf("ckraw: module reported %d mechanisms", uint64(n))
 	}
 	list := make([]C.CK_MECHANISM_TYPE, n)
+	calls.Add(1)
 	if rv := C.ck_get_mechanism_list(fl, C.CK_SLOT_ID(slotID), &list[0], &n); rv != C.CKR_OK {
 		return nil, toError(rv)
 	}
@@ -394,15 +399,28 @@ func (a *arena) attrs(tmpl []*pkcs11.Attribute) (C.CK_ATTRIBUTE_PTR, C.CK_ULONG,
 	if len(tmpl) > maxTemplateAttrs {
 		return nil, 0, fmt.Errorf("%w: template has %d attributes, more than %d", ErrTemplate, len(tmpl), maxTemplateAttrs)
 	}
-	list := unsafe.Slice((*C.CK_ATTRIBUTE)(a.alloc(len(tmpl)*attrSize)), len(tmpl))
-	for i, at := range tmpl {
+	// One block: the CK_ATTRIBUTE array, then every value (bytes need no
+	// alignment). One C call to allocate and one to free, where a block
+	// per value took two of each: a session key's template has sixteen.
+	values := 0
+	for _, at := range tmpl {
 		if at == nil {
 			return nil, 0, fmt.Errorf("%w: nil attribute", ErrTemplate)
 		}
-		p, n := a.bytes(at.Value)
+		values += len(at.Value)
+	}
+	head := len(tmpl) * attrSize
+	base := a.alloc(head + values)
+	list := unsafe.Slice((*C.CK_ATTRIBUTE)(base), len(tmpl))
+	rest := unsafe.Slice((*byte)(unsafe.Add(base, head)), values)
+	for i, at := range tmpl {
 		list[i]._type = C.CK_ATTRIBUTE_TYPE(at.Type)
-		list[i].pValue = C.CK_VOID_PTR(p)
-		list[i].ulValueLen = C.CK_ULONG(n)
+		if n := len(at.Value); n > 0 {
+			copy(rest, at.Value)
+			list[i].pValue = C.CK_VOID_PTR(unsafe.Pointer(&rest[0]))
+			list[i].ulValueLen = C.CK_ULONG(n)
+			rest = rest[n:]
+		}
 	}
 	return &list[0], C.CK_ULONG(len(list)), nil
 }
@@ -494,6 +512,7 @@ func (c *Ctx) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, 
 			list[i].pValue = C.CK_VOID_PTR(ar.alloc(int(n)))
 		}
 	}
+	calls.Add(1)
 	if rv := C.ck_get_attribute_value(fl, C.CK_SESSION_HANDLE(sh), C.CK_OBJECT_HANDLE(o), &list[0], C.CK_ULONG(len(list))); rv != C.CKR_OK {
 		return nil, toError(rv)
 	}
@@ -639,6 +658,7 @@ func sized(call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, er
 	if uint64(n) > MaxOutput {
 		return nil, fmt.Errorf("ckraw: module asked for a %d-byte output buffer", uint64(n))
 	}
+	calls.Add(1) // acquire counted the size query
 	return variable(int(n), call)
 }
 
@@ -751,4 +771,124 @@ func (c *Ctx) UnwrapKey(sh pkcs11.SessionHandle, m []*Mechanism, unwrappingKey p
 		return 0, toError(rv)
 	}
 	return pkcs11.ObjectHandle(h), nil
+}
+
+// EncryptUpdateCap is C_EncryptUpdate in one call with an output buffer of
+// outCap bytes (the size query of EncryptUpdate is a round trip to a
+// networked HSM). On CKR_BUFFER_TOO_SMALL, which leaves the operation
+// active (PKCS#11 v2.40 base §5.2), it calls again with the size the module
+// asked for. For AES-GCM and AES-CTR outCap = len(in)+16 is always enough
+// (a module returns at most the input plus one buffered block).
+func (c *Ctx) EncryptUpdateCap(sh pkcs11.SessionHandle, in []byte, outCap int) ([]byte, error) {
+	if err := checkCap("C_EncryptUpdate", outCap); err != nil {
+		return nil, err
+	}
+	fl, done, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	p, n := nonNil(in)
+	return variable(outCap, func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV {
+		return C.ck_encrypt_update(fl, C.CK_SESSION_HANDLE(sh), p, n, out, outLen)
+	})
+}
+
+// EncryptUpdateIn is EncryptUpdateCap writing into buf (its length is the
+// capacity; at least 1 byte): the result aliases buf unless the module
+// asked for more room. For streams that consume each part before the
+// next, so that a gigabyte does not leave a gigabyte of garbage.
+func (c *Ctx) EncryptUpdateIn(sh pkcs11.SessionHandle, in, buf []byte) ([]byte, error) {
+	if len(buf) == 0 || len(buf) > MaxOutput {
+		return nil, fmt.Errorf("%w: C_EncryptUpdate: output buffer of %d bytes", ErrInput, len(buf))
+	}
+	fl, done, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	p, n := nonNil(in)
+	return variableIn(buf, len(buf), func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV {
+		return C.ck_encrypt_update(fl, C.CK_SESSION_HANDLE(sh), p, n, out, outLen)
+	})
+}
+
+// EncryptFinalCap is C_EncryptFinal in one call with an output buffer of
+// outCap bytes, as EncryptUpdateCap. AES-GCM: one block and the tag (32
+// bytes) is always enough.
+func (c *Ctx) EncryptFinalCap(sh pkcs11.SessionHandle, outCap int) ([]byte, error) {
+	if err := checkCap("C_EncryptFinal", outCap); err != nil {
+		return nil, err
+	}
+	fl, done, err := c.acquire()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return variable(outCap, func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV {
+		return C.ck_encrypt_final(fl, C.CK_SESSION_HANDLE(sh), out, outLen)
+	})
+}
+
+// GetAttributeValueCap is GetAttributeValue in one call when the caller
+// knows how large each value is (caps[i] bytes for a[i]: 1 for a CK_BBOOL,
+// 8 for a CK_ULONG, 3 for an AES CKA_CHECK_VALUE). A value larger than its
+// buffer makes the module answer CKR_BUFFER_TOO_SMALL (PKCS#11 v2.40 base
+// §5.7); then the values are asked for again as GetAttributeValue does, a
+// size query first. A value shorter than its buffer comes back at its own
+// length (an empty CKA_CHECK_VALUE is empty).
+func (c *Ctx) GetAttributeValueCap(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute, caps []int) ([]*pkcs11.Attribute, error) {
+	if len(a) == 0 || len(caps) != len(a) {
+		return nil, fmt.Errorf("%w: %d attributes and %d sizes asked for", ErrTemplate, len(a), len(caps))
+	}
+	if len(a) > maxTemplateAttrs {
+		return nil, fmt.Errorf("%w: %d attributes asked for, more than %d", ErrTemplate, len(a), maxTemplateAttrs)
+	}
+	out, tooSmall, err := c.getAttributesOnce(sh, o, a, caps)
+	if tooSmall {
+		return c.GetAttributeValue(sh, o, a)
+	}
+	return out, err
+}
+
+func (c *Ctx) getAttributesOnce(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute, caps []int) ([]*pkcs11.Attribute, bool, error) {
+	fl, done, err := c.acquire()
+	if err != nil {
+		return nil, false, err
+	}
+	defer done()
+	var ar arena
+	defer ar.free()
+	list := unsafe.Slice((*C.CK_ATTRIBUTE)(ar.alloc(len(a)*attrSize)), len(a))
+	for i, at := range a {
+		if at == nil {
+			return nil, false, fmt.Errorf("%w: nil attribute", ErrTemplate)
+		}
+		if caps[i] <= 0 || caps[i] > maxValueLen {
+			return nil, false, fmt.Errorf("%w: attribute 0x%X: buffer of %d bytes", ErrTemplate, at.Type, caps[i])
+		}
+		list[i]._type = C.CK_ATTRIBUTE_TYPE(at.Type)
+		list[i].pValue = C.CK_VOID_PTR(ar.alloc(caps[i]))
+		list[i].ulValueLen = C.CK_ULONG(caps[i])
+	}
+	rv := C.ck_get_attribute_value(fl, C.CK_SESSION_HANDLE(sh), C.CK_OBJECT_HANDLE(o), &list[0], C.CK_ULONG(len(list)))
+	if rv == C.CKR_BUFFER_TOO_SMALL {
+		return nil, true, nil
+	}
+	if rv != C.CKR_OK {
+		return nil, false, toError(rv)
+	}
+	out := make([]*pkcs11.Attribute, len(list))
+	for i, e := range list {
+		at := &pkcs11.Attribute{Type: uint(e._type)}
+		n := e.ulValueLen
+		if n == C.CK_UNAVAILABLE_INFORMATION || uint64(n) > uint64(caps[i]) {
+			return nil, false, fmt.Errorf("ckraw: attribute 0x%X: module reported length %d in a %d-byte buffer", uint(e._type), uint64(n), caps[i])
+		}
+		if n > 0 {
+			at.Value = C.GoBytes(unsafe.Pointer(e.pValue), C.int(n))
+		}
+		out[i] = at
+	}
+	return out, false, nil
 }

@@ -80,14 +80,22 @@ func (p *GCMParams) cparams() (unsafe.Pointer, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.c == nil {
-		c := (*C.CK_GCM_PARAMS)(p.a.alloc(C.sizeof_CK_GCM_PARAMS))
-		if iv, n := p.a.bytes(p.iv); n > 0 {
-			c.pIv = C.CK_BYTE_PTR(iv)
+		// One block: the struct, then the IV, then the AAD (bytes need no
+		// alignment): one C call to allocate and one to free, not three
+		// of each, on every GCM operation.
+		head := int(C.sizeof_CK_GCM_PARAMS)
+		base := p.a.alloc(head + len(p.iv) + len(p.aad))
+		c := (*C.CK_GCM_PARAMS)(base)
+		rest := unsafe.Slice((*byte)(unsafe.Add(base, head)), len(p.iv)+len(p.aad))
+		if n := len(p.iv); n > 0 {
+			copy(rest, p.iv)
+			c.pIv = C.CK_BYTE_PTR(unsafe.Pointer(&rest[0]))
 			c.ulIvLen = C.CK_ULONG(n)
 			c.ulIvBits = C.CK_ULONG(n * 8)
 		}
-		if aad, n := p.a.bytes(p.aad); n > 0 {
-			c.pAAD = C.CK_BYTE_PTR(aad)
+		if n := len(p.aad); n > 0 {
+			copy(rest[len(p.iv):], p.aad)
+			c.pAAD = C.CK_BYTE_PTR(unsafe.Pointer(&rest[len(p.iv)]))
 			c.ulAADLen = C.CK_ULONG(n)
 		}
 		c.ulTagBits = C.CK_ULONG(p.tagBits)

@@ -64,6 +64,17 @@ const MaxOutput = 1 << 30
 // that tests can check that one call was enough.
 var outputCalls atomic.Uint64
 
+// calls counts every PKCS#11 call made through ckraw after a module's
+// C_Initialize (acquire counts one per method; the methods that make more
+// count the others), for Calls.
+var calls atomic.Uint64
+
+// Calls returns the number of PKCS#11 calls this process has made through
+// ckraw, on every module, since it started, C_GetFunctionList,
+// C_Initialize and C_Finalize excepted. One atomic add per call: cheap
+// enough to keep on. On a networked HSM each call is a round trip.
+func Calls() uint64 { return calls.Load() }
+
 // Encrypt calls C_Encrypt once with an output buffer of outCap bytes. The
 // operation must have been started on the session, for example by miekg's
 // EncryptInit. If the token answers CKR_BUFFER_TOO_SMALL, which leaves the
@@ -166,7 +177,12 @@ func inBytes(in []byte) (C.CK_BYTE_PTR, C.CK_ULONG) {
 func variable(outCap int, call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, error) {
 	// A NULL output pointer asks for the size only (§5.2), so even a
 	// 0-byte buffer must have an address.
-	buf := make([]byte, max(outCap, 1))
+	return variableIn(make([]byte, max(outCap, 1)), outCap, call)
+}
+
+// variableIn is variable with the caller's buffer (len(buf) >= max(outCap,
+// 1)); the result aliases buf unless the module asked for more room.
+func variableIn(buf []byte, outCap int, call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_RV) ([]byte, error) {
 	n := C.CK_ULONG(outCap)
 	outputCalls.Add(1)
 	rv := call((C.CK_BYTE_PTR)(unsafe.Pointer(&buf[0])), &n)
@@ -179,6 +195,7 @@ func variable(outCap int, call func(out C.CK_BYTE_PTR, outLen *C.CK_ULONG) C.CK_
 		outCap = int(n)
 		buf = make([]byte, outCap)
 		outputCalls.Add(1)
+		calls.Add(1) // acquire counted the first call
 		rv = call((C.CK_BYTE_PTR)(unsafe.Pointer(&buf[0])), &n)
 	}
 	if rv != C.CKR_OK {

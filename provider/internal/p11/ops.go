@@ -178,14 +178,19 @@ func (p *Pool) verifyBools(s *Session, obj Object, want []boolAttr, valueLen uin
 func (p *Pool) verifyAttrs(s *Session, obj Object, want []boolAttr, valueLen uint, unwrapped bool) error {
 	want = append(slices.Clip(want), boolAttr{pkcs11.CKA_MODIFIABLE, false})
 	q := make([]*pkcs11.Attribute, 0, len(want)+2)
+	caps := make([]int, 0, len(want)+2)
 	for _, a := range want {
 		q = append(q, &pkcs11.Attribute{Type: a.t})
+		caps = append(caps, 1) // CK_BBOOL
 	}
 	q = append(q, &pkcs11.Attribute{Type: pkcs11.CKA_ALLOWED_MECHANISMS})
+	caps = append(caps, 8*len(SessionKeyMechanisms)) // CK_MECHANISM_TYPEs; a larger list falls back
 	if valueLen > 0 {
 		q = append(q, &pkcs11.Attribute{Type: pkcs11.CKA_VALUE_LEN})
+		caps = append(caps, 8) // a CK_ULONG, 8 bytes or fewer
 	}
-	got, err := p.ctx().GetAttributeValue(s.h, pkcs11.ObjectHandle(obj), q)
+	// One call with buffers of the known sizes, not a size query first.
+	got, err := p.ctx().GetAttributeValueCap(s.h, pkcs11.ObjectHandle(obj), q, caps)
 	if err != nil {
 		return wrapErr("C_GetAttributeValue", err)
 	}

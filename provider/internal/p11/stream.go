@@ -31,11 +31,12 @@ func (p *Pool) KCV(s *Session, key Object) ([]byte, error) {
 // (PKCS#11 v2.40 §5.8, C_EncryptUpdate/C_EncryptFinal). The session may do
 // nothing else until Final or Abort.
 type EncryptStream struct {
-	p      *Pool
-	s      *Session
-	params *ckraw.GCMParams
-	done   bool
-	nonce  []byte // the caller's nonce buffer, given the token's IV (GCM)
+	p       *Pool
+	s       *Session
+	params  *ckraw.GCMParams
+	done    bool
+	nonce   []byte // the caller's nonce buffer, given the token's IV (GCM)
+	scratch []byte // UpdateReuse's output
 }
 
 // GCMEncrypt starts AES-GCM encryption under key with this nonce and AAD.
@@ -77,7 +78,25 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
-	out, err := e.p.ctx().EncryptUpdate(e.s.h, in)
+	out, err := e.p.ctx().EncryptUpdateCap(e.s.h, in, updateCap(len(in)))
+	if err != nil {
+		e.finish()
+	}
+	return out, wrapErr("C_EncryptUpdate", err)
+}
+
+// UpdateReuse is Update writing into a buffer the stream keeps: the result
+// is valid until the next call on e. For callers that hand each part on
+// (to a writer that does not keep it, per io.Writer) before the next.
+func (e *EncryptStream) UpdateReuse(in []byte) ([]byte, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	want := updateCap(len(in))
+	if cap(e.scratch) < want {
+		e.scratch = make([]byte, want)
+	}
+	out, err := e.p.ctx().EncryptUpdateIn(e.s.h, in, e.scratch[:want])
 	if err != nil {
 		e.finish()
 	}
@@ -87,7 +106,7 @@ func (e *EncryptStream) Update(in []byte) ([]byte, error) {
 // Final ends the operation and returns what is left: the GCM tag (and any
 // buffered ciphertext before it).
 func (e *EncryptStream) Final() ([]byte, error) {
-	out, err := e.p.ctx().EncryptFinal(e.s.h)
+	out, err := e.p.ctx().EncryptFinalCap(e.s.h, finalCap)
 	e.finish()
 	return out, wrapErr("C_EncryptFinal", err)
 }
@@ -99,9 +118,27 @@ func (e *EncryptStream) Abort() {
 	}
 	// PKCS#11 v2.40 has no C_EncryptCancel; finishing is the portable way
 	// to end the operation (v3.0 §5.2 allows a NULL-buffer init too).
-	_, _ = e.p.ctx().EncryptFinal(e.s.h)
+	_, _ = e.p.ctx().EncryptFinalCap(e.s.h, finalCap)
 	e.finish()
 }
+
+// updateCap is the output buffer of one C_EncryptUpdate of n bytes, so
+// that one call is enough: AES-GCM and AES-CTR give back what they are
+// given (SoftHSM) or, from a token that holds back part of a block, at
+// most one block more. Parts of whole blocks get exactly n (a 32 KiB
+// buffer, not one of the next size class, which would add a quarter to
+// the garbage of every stream); a token that answers CKR_BUFFER_TOO_SMALL
+// gets the size it asks for in a second call (PKCS#11 v2.40 base §5.2).
+func updateCap(n int) int {
+	if n%16 == 0 {
+		return n
+	}
+	return n + 16
+}
+
+// finalCap is room for what C_EncryptFinal returns for AES-GCM (a block
+// held back and the tag) or AES-CTR (nothing), in one call.
+const finalCap = 32
 
 func (e *EncryptStream) finish() {
 	if !e.done {

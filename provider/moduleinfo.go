@@ -29,7 +29,7 @@ func ModuleInfoOf(cfg Config) (ModuleInfo, error) {
 		return ModuleInfo{}, mapErr(err)
 	}
 	defer mod.Release()
-	in, err := mod.CKInfo()
+	in, err := mod.Info()
 	if err != nil {
 		return ModuleInfo{}, mapErr(err)
 	}
@@ -38,6 +38,6 @@ func ModuleInfoOf(cfg Config) (ModuleInfo, error) {
 		CryptokiVersion: fmt.Sprintf("%d.%d", in.CryptokiMajor, in.CryptokiMinor),
 		Manufacturer:    in.Manufacturer,
 		Description:     in.Description,
-		LibraryVersion:  fmt.Sprintf("%d.%d", in.LibraryMajor, in.LibraryMinor),
+		LibraryVersion:  fmt.Sprintf("%d.%d", in.Major, in.Minor),
 	}, nil
 }

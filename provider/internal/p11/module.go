@@ -170,11 +170,13 @@ type TokenInfo struct {
 	SlotDescription, SlotManufacturer string
 }
 
-// LibraryInfo is what C_GetInfo (PKCS#11 v2.40 §5.4) says of the module:
-// the library-* attributes of an RFC 7512 URI match it.
+// LibraryInfo is what C_GetInfo (PKCS#11 v2.40 §5.4, CK_INFO) says of the
+// module: the library-* attributes of an RFC 7512 URI match it, and
+// "hsmkeys version" prints it.
 type LibraryInfo struct {
-	Manufacturer, Description string
-	Major, Minor              byte // libraryVersion
+	Manufacturer, Description    string
+	Major, Minor                 byte // libraryVersion
+	CryptokiMajor, CryptokiMinor byte // cryptokiVersion
 }
 
 // Info calls C_GetInfo.
@@ -184,7 +186,8 @@ func (m *Module) Info() (LibraryInfo, error) {
 		return LibraryInfo{}, wrapErr("C_GetInfo", err)
 	}
 	return LibraryInfo{Manufacturer: in.ManufacturerID, Description: in.LibraryDescription,
-		Major: in.LibraryVersion.Major, Minor: in.LibraryVersion.Minor}, nil
+		Major: in.LibraryVersion.Major, Minor: in.LibraryVersion.Minor,
+		CryptokiMajor: in.CryptokiVersion.Major, CryptokiMinor: in.CryptokiVersion.Minor}, nil
 }
 
 // Tokens lists the tokens present in the module's slots.

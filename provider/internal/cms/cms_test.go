@@ -673,3 +673,40 @@ func hexString(b []byte) string {
 func removeSpaces(s string) string {
 	return string(bytes.ReplaceAll([]byte(s), []byte(" "), nil))
 }
+
+// TestWrapAlgTableOwnsItsValues changes an exported OID, as a caller
+// could (it is a slice), and checks that what messages are written and
+// parsed against does not change with it.
+func TestWrapAlgTableOwnsItsValues(t *testing.T) {
+	checkWrapAlgTable(t)
+	saved := slices.Clone(OIDAES128WrapPad)
+	OIDAES128WrapPad[len(OIDAES128WrapPad)-1] = 99
+	defer copy(OIDAES128WrapPad, saved)
+	checkWrapAlgTable(t)
+	i := wrapAlgIndex(oidDER(asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 8}))
+	require.Equal(t, 3, i)
+	require.Equal(t, "2.16.840.1.101.3.4.1.8", wrapAlgs[i].oid.String())
+}
+
+// checkWrapAlgTable fails if the wrap algorithm table differs from the
+// algorithms of RFC 3565 §4.3 and RFC 5649 §6, written out here again.
+func checkWrapAlgTable(t testing.TB) {
+	t.Helper()
+	want := []struct {
+		oid    asn1.ObjectIdentifier
+		kekLen int
+	}{
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 5}, 16},
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 25}, 24},
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 45}, 32},
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 8}, 16},
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 28}, 24},
+		{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 48}, 32},
+	}
+	require.Len(t, wrapAlgs, len(want))
+	for i, w := range want {
+		require.True(t, wrapAlgs[i].oid.Equal(w.oid), "entry %d: %v", i, wrapAlgs[i].oid)
+		require.Equal(t, string(oidDER(w.oid)), wrapAlgs[i].der, "entry %d", i)
+		require.Equal(t, w.kekLen, wrapAlgs[i].kekLen, "entry %d", i)
+	}
+}

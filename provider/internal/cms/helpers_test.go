@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -275,10 +276,10 @@ func kekRecipient(id, kek, cek []byte, pad bool) *KEKRecipient {
 	r := &KEKRecipient{KeyID: id}
 	if pad {
 		r.EncryptedKey = aesWrapPad(kek, cek)
-		r.WrapAlg = map[int][]int{16: OIDAES128WrapPad, 24: OIDAES192WrapPad, 32: OIDAES256WrapPad}[len(kek)]
+		r.WrapAlg = slices.Clone(map[int][]int{16: OIDAES128WrapPad, 24: OIDAES192WrapPad, 32: OIDAES256WrapPad}[len(kek)])
 	} else {
 		r.EncryptedKey = aesWrap(kek, cek, wrapIV)
-		r.WrapAlg = map[int][]int{16: OIDAES128Wrap, 24: OIDAES192Wrap, 32: OIDAES256Wrap}[len(kek)]
+		r.WrapAlg = slices.Clone(map[int][]int{16: OIDAES128Wrap, 24: OIDAES192Wrap, 32: OIDAES256Wrap}[len(kek)])
 	}
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
+	"slices"
 )
 
 // Algorithm identifiers. The values must not be modified.
@@ -64,17 +65,22 @@ var (
 
 // wrapAlgs lists the supported KEK wrap algorithms with the length of the
 // key-encryption key they take.
+//
+// The table owns its values: the OIDs are copies of the exported variables
+// (which are slices, so a caller could change them) and the DER contents
+// are strings, so nothing outside this file can alter what a message is
+// checked against.
 var wrapAlgs = []struct {
 	oid    asn1.ObjectIdentifier
-	der    []byte
+	der    string
 	kekLen int
 }{
-	{OIDAES128Wrap, oidDER(OIDAES128Wrap), 16},
-	{OIDAES192Wrap, oidDER(OIDAES192Wrap), 24},
-	{OIDAES256Wrap, oidDER(OIDAES256Wrap), 32},
-	{OIDAES128WrapPad, oidDER(OIDAES128WrapPad), 16},
-	{OIDAES192WrapPad, oidDER(OIDAES192WrapPad), 24},
-	{OIDAES256WrapPad, oidDER(OIDAES256WrapPad), 32},
+	{slices.Clone(OIDAES128Wrap), string(oidDER(OIDAES128Wrap)), 16},
+	{slices.Clone(OIDAES192Wrap), string(oidDER(OIDAES192Wrap)), 24},
+	{slices.Clone(OIDAES256Wrap), string(oidDER(OIDAES256Wrap)), 32},
+	{slices.Clone(OIDAES128WrapPad), string(oidDER(OIDAES128WrapPad)), 16},
+	{slices.Clone(OIDAES192WrapPad), string(oidDER(OIDAES192WrapPad)), 24},
+	{slices.Clone(OIDAES256WrapPad), string(oidDER(OIDAES256WrapPad)), 32},
 }
 
 func mustOID(s string) x509.OID {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,10 +89,14 @@ func BenchmarkScaling(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.ResetTimer()
+				calls0, cpu0 := provider.TokenCalls(), cpuTime()
 				start := time.Now()
 				err = run(ctx, workers, int64(b.N), func(ctx context.Context) error { return o.op(ctx, p, k) })
 				elapsed := time.Since(start)
+				calls, cpu := provider.TokenCalls()-calls0, cpuTime()-cpu0
 				b.StopTimer()
+				b.ReportMetric(float64(calls)/float64(b.N), "calls/op")
+				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -125,4 +130,14 @@ func run(ctx context.Context, workers int, n int64, op func(context.Context) err
 	wg.Wait()
 	err, _ := failed.Load().(error)
 	return err
+}
+
+// cpuTime is the CPU time of this process so far, user and system:
+// SoftHSM's work, in the process, is in it.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -24,6 +24,8 @@ import (
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
+
+	"github.com/hsmkeys/hsmkeys/provider/internal/p11"
 )
 
 var benchState struct {
@@ -328,18 +330,14 @@ func BenchmarkImport(b *testing.B) {
 		aad := make([]byte, 80)
 		sealed, err := k.Seal(bg, make([]byte, 64), aad)
 		require.NoError(b, err)
-		pol := []uint{pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE,
-			pkcs11.CKA_WRAP_WITH_TRUSTED, pkcs11.CKA_COPYABLE, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT, pkcs11.CKA_WRAP,
-			pkcs11.CKA_UNWRAP, pkcs11.CKA_DERIVE, pkcs11.CKA_SIGN, pkcs11.CKA_VERIFY}
-		vals := []bool{false, true, true, true, true, false, true, true, false, false, false, false, false}
+		// The provider's unwrap template, which the KEK's
+		// CKA_UNWRAP_TEMPLATE requires (issue 11), made per key as it is.
+		unwrapTmpl := p11.UnwrapTemplate()
 		defer cpuPerOp(b)() // the loop only, not the setup above
 		for b.Loop() {
-			tmpl := []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			}
-			for i, t := range pol {
-				tmpl = append(tmpl, pkcs11.NewAttribute(t, vals[i]))
+			tmpl := make([]*pkcs11.Attribute, len(unwrapTmpl))
+			for i, a := range unwrapTmpl {
+				tmpl[i] = pkcs11.NewAttribute(a.Type, a.Value)
 			}
 			h, err := r.ctx.UnwrapKey(r.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, pkcs11.ObjectHandle(kek.obj.Unwrap), w.Bytes, tmpl)
 			if err != nil {

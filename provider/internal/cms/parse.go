@@ -502,7 +502,10 @@ func (p *reader) peek(off int64, n int) ([]byte, error) {
 		return p.win[off-p.winOff:][:n], nil
 	}
 	if p.win == nil {
-		p.win = make([]byte, windowSize)
+		// No larger than the input: an exported key is a few hundred
+		// bytes, and Import parses two (a 32 KiB window each was most of
+		// its allocations and a tenth of its CPU).
+		p.win = make([]byte, min(int64(windowSize), max(p.size, 1)))
 	}
 	w := p.win[:cap(p.win)]
 	if rem := p.size - off; rem < int64(len(w)) {

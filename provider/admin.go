@@ -111,6 +111,10 @@ type Admin struct {
 
 // OpenAdmin opens the token of cfg for KEK administration. cfg.PIN is the
 // user PIN (needed for RSA KEKs, listing and destroying); so is the SO PIN.
+// A busy token (a call that failed as SoftHSM's file store fails under
+// several processes, and had no effect) is tried again, here and when each
+// operation opens its session and logs in, as Open tries it; giving up
+// gives ErrTokenBusy. A PIN the token looked at is never tried twice.
 func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	cfg, err := cfg.resolve()
 	if err != nil {
@@ -119,19 +123,35 @@ func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	if cfg.Module == "" {
 		return nil, fmt.Errorf("%w: no module path (set Config.Module or module-path in the uri)", ErrConfig)
 	}
-	mod, err := p11.Load(cfg.Module, cfg.InitArgs)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	all, err := tokens(mod)
-	if err == nil {
-		var tok TokenInfo
-		if tok, err = selectToken(cfg, mod, all); err == nil {
-			return &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}, nil
+	// A busy token is tried again as Open tries it (SoftHSM's file store
+	// under several processes: the token missing from the slot list for a
+	// moment, C_GetTokenInfo failing with CKR_GENERAL_ERROR), loading the
+	// module anew each time, since SoftHSM reads its token directory only
+	// in C_Initialize.
+	// (Unlike Open, nothing after the token is found can fail here, so no
+	// try has seen the token when one fails.)
+	obs := newObserver(cfg)
+	for try := 1; ; try++ {
+		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		all, err := tokens(mod)
+		if err == nil {
+			var tok TokenInfo
+			if tok, err = selectToken(cfg, mod, all); err == nil {
+				return &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}, nil
+			}
+		}
+		mod.Release()
+		if !openTransient(err, try) || try == p11.MaxTries {
+			return nil, openFailed(err, try, false)
+		}
+		obs.retry(err, try+1)
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, false))
 		}
 	}
-	mod.Release()
-	return nil, err
 }
 
 // Token is the token this Admin manages.
@@ -180,12 +200,11 @@ func (a *Admin) session(ctx context.Context, so bool, fn func(s *p11.AdminSessio
 		}
 		*pin = b
 	}
-	s, err := a.mod.OpenAdmin(a.token.Slot)
-	if err != nil {
-		return mapErr(err)
+	s, err := a.loggedIn(ctx, userType, *pin)
+	if s != nil {
+		defer s.Close()
 	}
-	defer s.Close()
-	if err := s.Login(userType, *pin); err != nil {
+	if err != nil {
 		code, _ := p11.CodeOf(err)
 		switch {
 		case code == pkcs11.CKR_USER_ANOTHER_ALREADY_LOGGED_IN:
@@ -209,6 +228,34 @@ func (a *Admin) session(ctx context.Context, so bool, fn func(s *p11.AdminSessio
 		return mapErr(err)
 	}
 	return withTokenError(fn(s))
+}
+
+// loggedIn opens an admin session and logs in, trying again what failed as
+// a busy token's calls do and had no effect (p11.Transient: C_OpenSession,
+// or C_Login with CKR_GENERAL_ERROR before the PIN was looked at), as Open
+// does. On a login error it returns the open session with the error, for
+// the caller to close. Errors are the binding's, for the caller to map.
+func (a *Admin) loggedIn(ctx context.Context, userType uint, pin []byte) (*p11.AdminSession, error) {
+	for try := 1; ; try++ {
+		s, err := a.mod.OpenAdmin(a.token.Slot)
+		if err == nil {
+			if err = s.Login(userType, pin); err == nil {
+				return s, nil
+			}
+		}
+		if !p11.Transient(err) {
+			return s, err // nil, or open with a login error
+		}
+		if s != nil {
+			s.Close()
+		}
+		if try == p11.MaxTries {
+			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		}
+		if werr := p11.Backoff(ctx, try+1); werr != nil {
+			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
+		}
+	}
 }
 
 func isPINCode(code uint) bool {

@@ -165,8 +165,10 @@ func (c *cli) cmdKEKDestroy(ctx context.Context, args []string) error {
 			return usagef(fs.spec.path, "--id %q is not a hex KEK id", *idHex)
 		}
 	}
-	if !*yes && !c.stdinIsTerminal() {
-		return &usageError{msg: "kek destroy asks before destroying, and stdin is not a terminal", hint: "add --yes if you mean it"}
+	// The question goes to the controlling terminal, as PIN prompts do, so
+	// "hsmkeys kek destroy ... < file" still asks there.
+	if !*yes && !canPrompt() {
+		return &usageError{msg: "kek destroy asks before destroying, and there is no terminal to ask on", hint: "add --yes if you mean it"}
 	}
 	a, err := c.openAdmin(ctx, false)
 	if err != nil {

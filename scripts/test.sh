@@ -55,29 +55,13 @@ if [ -z "${HSMKEYS_TEST_OPENSSL:-}" ] && sys="$(command -v openssl)"; then
 fi
 echo "test.sh: HSMKEYS_TEST_OPENSSL=${HSMKEYS_TEST_OPENSSL:-}" >&2
 
-# Go 1.26's race detector with its default garbage collector (Green Tea)
-# reuses live heap memory: in provider/internal/cms, pure Go with no unsafe
-# and no cgo, package-level DER values of 9 bytes were found with their first
-# bytes zeroed mid-run ("unsupported key wrap algorithm ...", the CI failure
-# of FuzzParse). Measured, 100 runs each of TestAdversarialOIDs,
-# TestAdversarialPieces and TestRoundTrip: -race 9 corrupted, -race with
-# GOEXPERIMENT=nogreenteagc 0, without -race 0. So the
-# race-detector runs use the previous collector on Go 1.26; the fuzz runs
-# below, without -race, use the default one. HSMKEYS_RACE_GC=default keeps
-# the default, to check a newer Go.
-race_env=()
-if [ "${HSMKEYS_RACE_GC:-}" != default ] && go env GOVERSION | grep -q '^go1\.26\b'; then
-  race_env=(env GOEXPERIMENT="${GOEXPERIMENT:+$GOEXPERIMENT,}nogreenteagc")
-  echo "test.sh: race runs with ${race_env[1]} (Go 1.26's race detector with Green Tea GC corrupts memory; see above)" >&2
-fi
-
-"${race_env[@]}" go test -race -count=1 -timeout 30m "$@" ./...
+go test -race -count=1 -timeout 30m "$@" ./...
 
 # The adapters: each integrations/NAME is its own Go module, built
 # against this tree (replace => ../..), so ./... above does not reach it.
 for m in integrations/*/; do
   [ -f "$m/go.mod" ] || continue # integrations/internal is the core module's
-  (cd "$m" && "${race_env[@]}" go test -race -count=1 -timeout 30m "$@" ./...)
+  (cd "$m" && go test -race -count=1 -timeout 30m "$@" ./...)
 done
 
 fuzztime="${HSMKEYS_FUZZTIME:-20000x}"

@@ -130,28 +130,27 @@ func OpenAdmin(ctx context.Context, cfg Config, so PINSource) (*Admin, error) {
 	// in C_Initialize.
 	// (Unlike Open, nothing after the token is found can fail here, so no
 	// try has seen the token when one fails.)
-	obs := newObserver(cfg)
-	for try := 1; ; try++ {
+	var admin *Admin
+	err = retryBusy(ctx, newObserver(cfg), func(err error, tries int) error { return openFailed(err, tries, false) }, func(int) error {
 		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 		if err != nil {
-			return nil, mapErr(err)
+			return mapErr(err)
 		}
 		all, err := tokens(mod)
 		if err == nil {
 			var tok TokenInfo
 			if tok, err = selectToken(cfg, mod, all); err == nil {
-				return &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}, nil
+				admin = &Admin{mod: mod, token: tok, so: so, user: cfg.PIN, pinErr: map[bool]error{}}
+				return nil
 			}
 		}
 		mod.Release()
-		if !openTransient(err, try) || try == p11.MaxTries {
-			return nil, openFailed(err, try, false)
-		}
-		obs.retry(err, try+1)
-		if werr := p11.Backoff(ctx, try+1); werr != nil {
-			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, false))
-		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return admin, nil
 }
 
 // Token is the token this Admin manages.
@@ -236,26 +235,22 @@ func (a *Admin) session(ctx context.Context, so bool, fn func(s *p11.AdminSessio
 // does. On a login error it returns the open session with the error, for
 // the caller to close. Errors are the binding's, for the caller to map.
 func (a *Admin) loggedIn(ctx context.Context, userType uint, pin []byte) (*p11.AdminSession, error) {
-	for try := 1; ; try++ {
-		s, err := a.mod.OpenAdmin(a.token.Slot)
-		if err == nil {
-			if err = s.Login(userType, pin); err == nil {
-				return s, nil
+	var s *p11.AdminSession
+	err := retryBusy(ctx, nil, func(err error, tries int) error { return openFailed(err, tries, false) }, func(int) error {
+		var err error
+		if s, err = a.mod.OpenAdmin(a.token.Slot); err != nil {
+			return err
+		}
+		if err := s.Login(userType, pin); err != nil {
+			if p11.Transient(err) { // tried again or given up: either way not the caller's
+				s.Close()
+				s = nil
 			}
+			return err
 		}
-		if !p11.Transient(err) {
-			return s, err // nil, or open with a login error
-		}
-		if s != nil {
-			s.Close()
-		}
-		if try == p11.MaxTries {
-			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
-		}
-		if werr := p11.Backoff(ctx, try+1); werr != nil {
-			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
-		}
-	}
+		return nil
+	})
+	return s, err
 }
 
 func isPINCode(code uint) bool {

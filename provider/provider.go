@@ -122,22 +122,40 @@ func TokensOf(ctx context.Context, cfg Config) ([]TokenInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	for try := 1; ; try++ {
+	var ts []TokenInfo
+	err = retryBusy(ctx, newObserver(cfg), func(err error, tries int) error { return openFailed(err, tries, false) }, func(int) error {
 		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 		if err != nil {
-			return nil, mapErr(err)
+			return mapErr(err)
 		}
-		ts, err := tokens(mod)
+		ts, err = tokens(mod)
 		mod.Release()
-		if err == nil || !p11.Transient(err) {
-			return ts, err
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ts, nil
+}
+
+// retryBusy calls attempt until it succeeds or fails for good: when
+// openTransient says the error is not one to try again, or after
+// p11.MaxTries tries. Between tries it tells obs and waits p11.Backoff,
+// which ends with ctx. What it returns on failure is giveUp(err, tries),
+// wrapped in ctx's error when a wait was cut short. Open, TokensOf,
+// OpenAdmin and admin sessions meet a busy token through it.
+func retryBusy(ctx context.Context, obs *observer, giveUp func(err error, tries int) error, attempt func(try int) error) error {
+	for try := 1; ; try++ {
+		err := attempt(try)
+		if err == nil {
+			return nil
 		}
-		if try == p11.MaxTries {
-			return nil, fmt.Errorf("%w: %w (tried %d times)", ErrTokenBusy, err, try)
+		if !openTransient(err, try) || try == p11.MaxTries {
+			return giveUp(err, try)
 		}
-		newObserver(cfg).retry(err, try+1)
+		obs.retry(err, try+1)
 		if werr := p11.Backoff(ctx, try+1); werr != nil {
-			return nil, fmt.Errorf("%w (waiting to try again after: %w: %w)", werr, ErrTokenBusy, err)
+			return fmt.Errorf("%w (waiting to try again after: %w)", werr, giveUp(err, try))
 		}
 	}
 }
@@ -199,32 +217,30 @@ func Open(ctx context.Context, cfg Config) (*Provider, error) {
 	// C_Initialize when no other part of the process holds it). The PIN is
 	// read once for all tries.
 	var pin []byte
+	var opened *Provider
 	seen := false
-	for try := 1; ; try++ {
+	obs := newObserver(cfg)
+	err = retryBusy(ctx, obs, func(err error, tries int) error { return openFailed(err, tries, seen) }, func(try int) error {
 		mod, err := p11.Load(cfg.Module, cfg.InitArgs)
 		if err != nil {
-			clear(pin)
-			return nil, mapErr(err)
+			return mapErr(err)
 		}
-		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: newObserver(cfg), cache: cache}
-		err = p.open(ctx)
-		if err == nil {
-			p.obs.opened(p, try)
-			return p, nil
+		p := &Provider{mod: mod, cfg: cfg, keys: map[*Key]struct{}{}, pin: pin, closeDone: make(chan struct{}), obs: obs, cache: cache}
+		if err := p.open(ctx); err != nil {
+			pin = p.pin
+			seen = seen || p.token.Label != "" || p.token.Serial != ""
+			mod.Release()
+			return err
 		}
-		pin = p.pin
-		seen = seen || p.token.Label != "" || p.token.Serial != ""
-		mod.Release()
-		if !openTransient(err, try) || try == p11.MaxTries {
-			clear(pin)
-			return nil, openFailed(err, try, seen)
-		}
-		p.obs.retry(err, try+1)
-		if werr := p11.Backoff(ctx, try+1); werr != nil {
-			clear(pin)
-			return nil, fmt.Errorf("%w (waiting to try again after: %w)", werr, openFailed(err, try, seen))
-		}
+		p.obs.opened(p, try)
+		opened = p
+		return nil
+	})
+	if err != nil {
+		clear(pin)
+		return nil, err
 	}
+	return opened, nil
 }
 
 // OpenDiagnostic opens the token as Open does, under ExportNone, but does
